@@ -1,0 +1,9 @@
+"""torchopt_zoo: drop-in ``torch.optim`` optimizers on one direction-rule / step-size core."""
+
+from .base import ZooOptimizer
+from .optim import GD, AdaBelief, Adagrad, AdaGradNorm, Adam, AdamW, DiffGrad, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = ["ZooOptimizer", "GD", "AdaBelief", "Adagrad", "AdaGradNorm", "Adam", "AdamW",
+           "DiffGrad", "RMSprop"]

@@ -1,0 +1,44 @@
+"""Argument checks shared by every optimizer: each error names the argument and its allowed range."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+
+def as_float(name: str, value) -> float:
+    """``value`` as a Python float; a one-element tensor is read (on the host, as torch does)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} as a Tensor must have one element, got shape {tuple(value.shape)}")
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_range(name: str, value, low: float, high: float = math.inf, *,
+                low_open: bool = False, high_open: bool = True) -> None:
+    """Raise ``ValueError`` unless ``low <= value < high`` (bounds' openness as given)."""
+    v = as_float(name, value)
+    above = v > low if low_open else v >= low
+    below = v < high if high_open else v <= high
+    if not (above and below and not math.isnan(v)):
+        lo = "(" if low_open else "["
+        hi = ")" if high_open or math.isinf(high) else "]"
+        raise ValueError(f"Invalid {name}: {value!r}; allowed range is {lo}{low}, {high}{hi}")
+
+
+def check_betas(betas, count: int = 2) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != count:
+        raise ValueError(f"Invalid betas: {betas!r}; expected a tuple of {count} numbers in [0, 1)")
+    for i, b in enumerate(betas):
+        check_range(f"betas[{i}]", b, 0.0, 1.0)
+
+
+def check_choice(name: str, value, choices: Iterable) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"Invalid {name}: {value!r}; allowed values are {', '.join(map(repr, choices))}")

@@ -1,0 +1,1 @@
+"""Direction rules by tier: ``reference`` (per-tensor math), ``foreach`` (multi-tensor kernels)."""

@@ -1,0 +1,67 @@
+"""What a direction rule returns, and how a tier applies it to the parameters.
+
+A direction rule updates its state and returns the update direction of every parameter in the
+factored form ``d_i = -coef_i * num_i / denom_i`` (``denom`` absent means 1). Keeping the factors
+lets the plain step be a single ``addcdiv`` per tensor, as in torch.optim, while a line search can
+still materialise ``d`` and scale it by its accepted step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Direction:
+    nums: list[Tensor]
+    denoms: list[Tensor] | None
+    coefs: list[float] | float = 1.0
+
+    def coef_list(self) -> list[float]:
+        if isinstance(self.coefs, list):
+            return self.coefs
+        return [self.coefs] * len(self.nums)
+
+    def materialise(self) -> list[Tensor]:
+        """The direction tensors ``d_i`` themselves (new tensors)."""
+        out = []
+        for num, denom, coef in zip(self.nums, self.denoms or [None] * len(self.nums), self.coef_list()):
+            d = num / denom if denom is not None else num.clone()
+            out.append(d.mul_(-coef))
+        return out
+
+
+def state_tensors(states: list[dict], key: str) -> list[Tensor]:
+    """The tensors stored under ``key`` in each state, complex ones as real views (as torch does)."""
+    return [real_view(s[key]) for s in states]
+
+
+def real_view(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def apply_reference(params: list[Tensor], d: Direction, step_size: float) -> None:
+    """``p += step_size * d`` one tensor at a time."""
+    denoms = d.denoms or [None] * len(params)
+    for p, num, denom, coef in zip(params, d.nums, denoms, d.coef_list()):
+        if denom is None:
+            p.add_(num, alpha=-step_size * coef)
+        else:
+            p.addcdiv_(num, denom, value=-step_size * coef)
+
+
+def apply_foreach(params: list[Tensor], d: Direction, step_size: float) -> None:
+    """``p += step_size * d`` with one multi-tensor kernel."""
+    if isinstance(d.coefs, list):
+        scalars = [-step_size * c for c in d.coefs]
+        if d.denoms is None:
+            torch._foreach_add_(params, torch._foreach_mul(d.nums, scalars))
+        else:
+            torch._foreach_addcdiv_(params, d.nums, d.denoms, scalars)
+    elif d.denoms is None:
+        torch._foreach_add_(params, d.nums, alpha=-step_size * d.coefs)
+    else:
+        torch._foreach_addcdiv_(params, d.nums, d.denoms, value=-step_size * d.coefs)
