@@ -1,0 +1,109 @@
+"""The drop-in contract every zoo optimizer keeps: p.grad untouched and never aliased,
+clear errors for bad input, sparse gradients refused, NaN behaves as in torch."""
+
+import pytest
+import torch
+
+import torchopt_zoo as zoo
+from conftest import CONFIGS  # noqa: F401  (the `config` fixture sweeps it)
+
+
+def _step_twice(opt, params, grads):
+    for _ in range(2):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_never_writes_or_aliases_grad(config, foreach):
+    cls, kw = config
+    torch.manual_seed(0)
+    params = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)]
+    grads = [torch.randn(4, 3), torch.randn(5)]
+    kept = [g.clone() for g in grads]
+    opt = cls(params, lr=0.1, foreach=foreach, **kw)
+    _step_twice(opt, params, grads)
+    for g, k in zip(grads, kept):
+        assert torch.equal(g, k), "p.grad was modified"
+    grad_storages = {g.untyped_storage().data_ptr() for g in grads}
+    for state in opt.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                assert value.untyped_storage().data_ptr() not in grad_storages, "state aliases p.grad"
+    # the gradient may be zeroed in place afterwards without changing the optimizer's state
+    before = {k: v.clone() for s in opt.state.values() for k, v in s.items()}
+    for g in grads:
+        g.zero_()
+    after = {k: v for s in opt.state.values() for k, v in s.items()}
+    for k in before:
+        assert torch.equal(before[k], after[k])
+
+
+def test_sparse_gradients_are_refused(config):
+    cls, kw = config
+    p = torch.zeros(5, requires_grad=True)
+    p.grad = torch.sparse_coo_tensor([[0, 2]], [1.0, 2.0], (5,))
+    with pytest.raises(RuntimeError, match=f"{cls.__name__} does not support sparse gradients"):
+        cls([p], lr=0.1, **kw).step()
+
+
+def test_params_without_grad_are_skipped_and_keep_no_state(config):
+    cls, kw = config
+    a, b = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    opt = cls([a, b], lr=0.1, **kw)
+    a.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(b, torch.ones(3))
+    assert "step" not in opt.state[b]
+
+
+def test_nan_gradient_propagates_like_torch():
+    # A plain step does not inspect gradients (no host sync): NaN flows into the parameter, as in torch.
+    for zcls, tcls in [(zoo.Adam, torch.optim.Adam), (zoo.Adagrad, torch.optim.Adagrad)]:
+        a, b = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+        oa, ob = zcls([a]), tcls([b])
+        for x, o in ((a, oa), (b, ob)):
+            x.grad = torch.tensor([float("nan"), 1.0, 1.0])
+            o.step()
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+BAD = [
+    (zoo.Adam, {"lr": -1e-3}, r"Invalid lr: -0\.001; allowed range is \[0\.0, inf\)"),
+    (zoo.Adam, {"betas": (1.0, 0.999)}, r"Invalid betas\[0\]: 1\.0; allowed range is \[0\.0, 1\.0\)"),
+    (zoo.Adam, {"betas": (0.9, -0.1)}, r"Invalid betas\[1\]"),
+    (zoo.Adam, {"betas": (0.9,)}, r"Invalid betas"),
+    (zoo.Adam, {"eps": -1e-8}, r"Invalid eps"),
+    (zoo.Adam, {"weight_decay": -0.1}, r"Invalid weight_decay"),
+    (zoo.Adam, {"lr": float("nan")}, r"Invalid lr"),
+    (zoo.Adam, {"foreach": "yes"}, r"Invalid foreach: 'yes'; allowed values are None, True, False"),
+    (zoo.AdaBelief, {"eps_mode": "paper"}, r"Invalid eps_mode: 'paper'; allowed values are 'torch', 'original'"),
+    (zoo.DiffGrad, {"eps_mode": "Torch"}, r"Invalid eps_mode"),
+    (zoo.Adagrad, {"lr_decay": -1.0}, r"Invalid lr_decay"),
+    (zoo.Adagrad, {"initial_accumulator_value": -1.0}, r"Invalid initial_accumulator_value"),
+    (zoo.AdaGradNorm, {"b0": 0.0}, r"Invalid b0: 0\.0; allowed range is \(0\.0, inf\)"),
+    (zoo.RMSprop, {"alpha": 1.5}, r"Invalid alpha"),
+    (zoo.RMSprop, {"momentum": -0.5}, r"Invalid momentum"),
+    (zoo.GD, {"momentum": -0.5}, r"Invalid momentum"),
+    (zoo.GD, {"nesterov": True}, r"nesterov=True requires momentum > 0"),
+    (zoo.Adam, {"lr": torch.tensor([1e-3, 1e-3])}, r"lr as a Tensor must have one element"),
+]
+
+
+@pytest.mark.parametrize("cls,kw,msg", BAD, ids=[f"{c.__name__}-{list(k)[0]}" for c, k, _ in BAD])
+def test_bad_arguments_name_the_argument_and_range(cls, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        cls([torch.zeros(2, requires_grad=True)], **kw)
+
+
+def test_bad_param_group_is_rejected_before_it_is_added():
+    opt = zoo.Adam([torch.zeros(2, requires_grad=True)])
+    with pytest.raises(ValueError, match=r"Invalid lr"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+
+
+def test_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="amsgard"):
+        zoo.Adam([torch.zeros(2, requires_grad=True)], amsgard=True)
