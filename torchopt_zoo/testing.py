@@ -132,3 +132,34 @@ def assert_sublinear_rate(gaps: Sequence[float], bound: Callable[[int], float], 
             continue
         b = bound(k)
         assert gap <= b * (1 + rtol) + atol, f"step {k}: f - f* = {gap:.3e} > bound {b:.3e}"
+
+
+def wilson_least_squares(n_train: int, n_test: int, p: float, seed: int = 0):
+    """The construction of Wilson et al. (1705.08292, section 3.3) as float64 tensors.
+
+    Labels ``y_i = +-1`` with ``P(+1) = p`` (redrawn until ``sum y > 0``); features ``x_i1 = y_i``,
+    ``x_i2 = x_i3 = 1``, and a private block of 5 coordinates per training point holding one 1 if
+    ``y_i = +1`` and five 1s if ``y_i = -1``. Test points get fresh private coordinates, which no
+    training gradient ever touches, so only their first three features are stored.
+    Least squares from ``w = 0``: gradient methods find the minimum-norm solution (test error 0);
+    diagonal-adaptive methods go to ``w ∝ sign(X^T y)``, which predicts +1 everywhere (error ~ 1-p).
+    Returns ``X_train, y_train, X_test, y_test``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def labels(n):
+        while True:
+            y = torch.where(torch.rand(n, generator=gen) < p, 1.0, -1.0).double()
+            if y.sum() > 0:
+                return y
+
+    y = labels(n_train)
+    X = torch.zeros(n_train, 3 + 5 * n_train, dtype=torch.float64)
+    X[:, 0], X[:, 1], X[:, 2] = y, 1.0, 1.0
+    for i in range(n_train):
+        start = 3 + 5 * i
+        X[i, start:start + (1 if y[i] > 0 else 5)] = 1.0
+    y_test = labels(n_test)
+    X_test = torch.zeros(n_test, X.shape[1], dtype=torch.float64)
+    X_test[:, 0], X_test[:, 1], X_test[:, 2] = y_test, 1.0, 1.0
+    return X, y, X_test, y_test
