@@ -71,17 +71,21 @@ def run(n_train=200, n_test=2000, steps=3000, ps=(0.55, 0.6, 0.7), seed=0, out="
     for p, name, loss, err, neg in rows:
         print(f"| {p} | {name} | {loss:.2e} | {err:.3f} | {neg:.3f} |")
     os.makedirs(out, exist_ok=True)
-    fig, axes = plt.subplots(1, len(ps), figsize=(5 * len(ps), 4), sharey=True)
+    fig, axes = plt.subplots(1, len(ps), figsize=(5 * len(ps), 4.2), sharey=True)
+    errors = {(p, name): err for p, name, _, err, _ in rows}
     for ax, p in zip(axes, ps):
         for name in methods(1.0, 1):
             c = curves[(p, name)]
-            ax.plot([s for s, _, _ in c], [e for _, _, e in c], label=name)
+            style = "-" if errors[(p, name)] < 0.05 else "--"
+            ax.plot([s for s, _, _ in c], [max(loss, 1e-32) for _, loss, _ in c], style,
+                    label=f"{name}: test error {errors[(p, name)]:.3f}")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_title(f"p = {p}")
-    axes[0].set_ylabel("test error")
-    axes[-1].legend(fontsize=8)
-    fig.suptitle("Wilson et al. construction: adaptive methods generalise worse")
+        ax.set_title(f"p = {p} (1 - p on the test set: {rows[[r[0] for r in rows].index(p)][4]:.3f})")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("training loss (1/2n)||Xw - y||^2")
+    fig.suptitle("Wilson et al. construction: every method fits the data; dashed = predicts +1 everywhere")
     fig.tight_layout()
     path = os.path.join(out, "wilson2017.png")
     fig.savefig(path, dpi=110)

@@ -20,7 +20,7 @@ def test_foreach_matches_reference(cfg, shapes, dtype, seed, steps):
     init = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
     grads = [[torch.randn(s, generator=gen, dtype=dtype) for s in shapes] for _ in range(steps)]
     results = []
-    for foreach in (False, True):
+    for foreach in (False, True, None):  # reference, foreach over lists, foreach over flat state
         params = [t.clone().requires_grad_(True) for t in init]
         opt = cls(params, lr=0.01, foreach=foreach, **kw)
         for step_grads in grads:
@@ -28,10 +28,13 @@ def test_foreach_matches_reference(cfg, shapes, dtype, seed, steps):
                 p.grad = g.clone()
             opt.step()
         results.append(([p.detach() for p in params], opt.state_dict()["state"]))
-    (p_ref, s_ref), (p_fe, s_fe) = results
+    (p_ref, s_ref), *others = results
     tol = dict(rtol=1e-5, atol=1e-6) if dtype != torch.float64 else dict(rtol=1e-12, atol=1e-12)
-    for a, b in zip(p_ref, p_fe):
-        torch.testing.assert_close(b, a, **tol)
-    for i in s_ref:
-        for key in s_ref[i]:
-            torch.testing.assert_close(s_fe[i][key], s_ref[i][key], **tol)
+    for p_fe, s_fe in others:
+        for a, b in zip(p_ref, p_fe):
+            torch.testing.assert_close(b, a, **tol)
+        assert s_fe.keys() == s_ref.keys()
+        for i in s_ref:
+            assert s_fe[i].keys() == s_ref[i].keys()
+            for key in s_ref[i]:
+                torch.testing.assert_close(s_fe[i][key], s_ref[i][key], **tol)

@@ -13,8 +13,10 @@ around it:
   (``p *= 1 - lr * wd``), tensor learning rates, complex parameters (as real views);
 * never writes into ``p.grad`` and never keeps a reference to it in state;
 * tiers: ``foreach=False`` runs the reference rule tensor by tensor, ``foreach=True`` the
-  multi-tensor rule; ``foreach=None`` picks the multi-tensor one (faster on CPU and CUDA in
-  bench/step_speed.py). A fused tier plugs in at :meth:`ZooOptimizer._tier`.
+  multi-tensor rule over the list of tensors; ``foreach=None`` (default) runs the multi-tensor
+  rule over flat state buffers (:mod:`torchopt_zoo.kernels.flat`) when every parameter of the
+  group has a gradient, else over the list (bench/step_speed.py measures all three). A fused
+  single-kernel tier plugs in at :meth:`ZooOptimizer._tier`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from ._validation import as_float, check_choice, check_range
 from .kernels import direction as _direction
+from .kernels import flat as _flat
 
 TIERS = {
     "reference": _direction.apply_reference,
@@ -46,6 +49,7 @@ class ZooOptimizer(torch.optim.Optimizer):
     _rules: ClassVar[dict[str, Callable]]
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
+        self._flat_buckets: dict[int, _flat.FlatBucket] = {}
         super().__init__(params, defaults)
 
     # ----------------------------------------------------------------- groups and validation
@@ -65,6 +69,7 @@ class ZooOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A state_dict from torch.optim (or an older zoo version) may lack our keys.
         super().__setstate__(state)
+        self._flat_buckets = {}  # loaded state tensors are no longer views of the flat buffers
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -126,6 +131,16 @@ class ZooOptimizer(torch.optim.Optimizer):
                 grads = [g.add(p, alpha=wd) for g, p in zip(grads, params)]
         return params, grads
 
+    def _flat_bucket(self, group, params, states, steps) -> _flat.FlatBucket | None:
+        """The group's flat-state bucket when this step can use it (see kernels/flat.py)."""
+        if (group["foreach"] is not None or torch.compiler.is_compiling()
+                or any(t != steps[0] for t in steps) or not _flat.eligible(group["params"], params)):
+            return None
+        bucket = self._flat_buckets.get(id(group))
+        if bucket is None or not bucket.matches(params):
+            bucket = self._flat_buckets[id(group)] = _flat.FlatBucket(params, states)
+        return bucket
+
     def _direction(self, rule, group, params, grads, states, steps) -> _direction.Direction:
         return rule(group, params, grads, states, steps)
 
@@ -151,7 +166,14 @@ class ZooOptimizer(torch.optim.Optimizer):
                 continue
             tier = self._tier(group)
             steps = self._step_counts(states, tier)
+            lr = as_float("lr", group["lr"])
+            bucket = self._flat_bucket(group, params, states, steps) if tier == "foreach" else None
             params, grads = self._prepare(group, params, grads, tier)
+            if bucket is not None:
+                flat_grad = bucket.gather(grads)
+                d = self._direction(self._rules[tier], group, [], [flat_grad], [bucket.flats], steps[:1])
+                bucket.apply(d, lr)
+                continue
             d = self._direction(self._rules[tier], group, params, grads, states, steps)
-            TIERS[tier](params, d, as_float("lr", group["lr"]))
+            TIERS[tier](params, d, lr)
         return loss

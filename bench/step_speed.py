@@ -1,0 +1,159 @@
+"""Median time of one optimizer step: torchopt_zoo vs torch.optim (for-loop, foreach, fused) vs
+pytorch_optimizer, on a workload of 48 large tensors and one of 3,200 small tensors.
+
+Every row is measured in this run, on this machine; ratios are to torch's fused Adam on the same
+workload (> 1 means slower than it). Bytes per parameter (ALGORITHMS.md section 7) give the
+memory-traffic floor of each update; on CUDA the script also prints the fraction of that floor
+reached, using the measured device-to-device copy bandwidth.
+
+    python bench/step_speed.py [--device cpu|cuda] [--repeats 30] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import torchopt_zoo as zoo
+
+try:
+    import pytorch_optimizer as po
+except ImportError:  # the peer is optional
+    po = None
+
+BYTES_PER_PARAM = {"Adam": 28, "AdamW": 28, "AMSGrad": 36, "Adagrad": 20, "AdaGradNorm": 12,
+                   "RMSprop": 20, "AdaBelief": 28, "DiffGrad": 36, "GD (heavy ball)": 20}
+
+WORKLOADS = {
+    # name: (count, numel) per device
+    "cpu": {"48 large": (48, 1 << 18), "3,200 small": (3200, 320)},
+    "cuda": {"48 large": (48, 1 << 24), "3,200 small": (3200, 21_250)},
+}
+
+
+def candidates():
+    """(optimizer, implementation, factory) rows; factories take a list of parameters."""
+    rows = [
+        ("Adam", "torch for-loop", lambda p: torch.optim.Adam(p, foreach=False)),
+        ("Adam", "torch foreach", lambda p: torch.optim.Adam(p, foreach=True)),
+        ("Adam", "torch fused", lambda p: torch.optim.Adam(p, fused=True)),
+        ("Adam", "zoo reference", lambda p: zoo.Adam(p, foreach=False)),
+        ("Adam", "zoo foreach", lambda p: zoo.Adam(p, foreach=True)),
+        ("AdamW", "torch fused", lambda p: torch.optim.AdamW(p, fused=True)),
+        ("AdamW", "zoo foreach", lambda p: zoo.AdamW(p, foreach=True)),
+        ("AMSGrad", "torch foreach", lambda p: torch.optim.Adam(p, amsgrad=True, foreach=True)),
+        ("AMSGrad", "zoo foreach", lambda p: zoo.Adam(p, amsgrad=True, foreach=True)),
+        ("Adagrad", "torch foreach", lambda p: torch.optim.Adagrad(p, foreach=True)),
+        ("Adagrad", "zoo foreach", lambda p: zoo.Adagrad(p, foreach=True)),
+        ("AdaGradNorm", "zoo foreach", lambda p: zoo.AdaGradNorm(p, foreach=True)),
+        ("RMSprop", "torch foreach", lambda p: torch.optim.RMSprop(p, foreach=True)),
+        ("RMSprop", "zoo foreach", lambda p: zoo.RMSprop(p, foreach=True)),
+        ("GD (heavy ball)", "torch foreach", lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, foreach=True)),
+        ("GD (heavy ball)", "zoo foreach", lambda p: zoo.GD(p, lr=1e-3, momentum=0.9, foreach=True)),
+        ("AdaBelief", "zoo foreach", lambda p: zoo.AdaBelief(p, foreach=True)),
+        ("DiffGrad", "zoo foreach", lambda p: zoo.DiffGrad(p, foreach=True)),
+    ]
+    if po is not None:
+        rows += [
+            ("AdaBelief", "pytorch_optimizer", lambda p: po.AdaBelief(p, weight_decouple=False)),
+            ("AdaBelief", "pytorch_optimizer foreach",
+             lambda p: po.AdaBelief(p, weight_decouple=False, foreach=True)),
+            ("DiffGrad", "pytorch_optimizer", lambda p: po.DiffGrad(p, weight_decouple=False)),
+            ("DiffGrad", "pytorch_optimizer foreach",
+             lambda p: po.DiffGrad(p, weight_decouple=False, foreach=True)),
+        ]
+    return rows
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(factory, count, numel, device, repeats, warmup=3):
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = [torch.randn(numel, device=device, generator=gen).requires_grad_() for _ in range(count)]
+    for p in params:
+        p.grad = torch.randn(numel, device=device, generator=gen) * 1e-2
+    opt = factory(params)
+    for _ in range(warmup):
+        opt.step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        opt.step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(numel, device, repeats=10):
+    """Device-to-device copy bandwidth in bytes/s (read + write)."""
+    src = torch.empty(numel, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 8 * numel / statistics.median(times)
+
+
+def main(device="cpu", repeats=30, quick=False):
+    torch.manual_seed(0)
+    rows = candidates()
+    if device == "cuda":
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    else:
+        print(f"device: CPU ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    results = {}
+    for wname, (count, numel) in WORKLOADS[device].items():
+        if quick:
+            count, numel = max(count // 8, 1), max(numel // 8, 1)
+        n_params = count * numel
+        bw = copy_bandwidth(n_params, device)
+        fused_adam = None
+        print(f"\n### {wname} tensors: {count} x {numel:,} = {n_params / 1e6:.1f}M parameters "
+              f"(copy bandwidth {bw / 1e9:.1f} GB/s)\n")
+        print("| optimizer | implementation | median step (ms) | fraction of floor | x torch fused Adam |")
+        print("|---|---|---|---|---|")
+        for name, impl, factory in rows:
+            try:
+                t = time_step(factory, count, numel, device, repeats)
+            except (RuntimeError, TypeError, ValueError) as e:  # e.g. fused unsupported on this device
+                print(f"| {name} | {impl} | n/a ({type(e).__name__}) | | |")
+                continue
+            if (name, impl) == ("Adam", "torch fused"):
+                fused_adam = t
+            floor = BYTES_PER_PARAM[name] * n_params / bw
+            ratio = f"{t / fused_adam:.2f}" if fused_adam else ""
+            results[(wname, name, impl)] = t
+            print(f"| {name} | {impl} | {t * 1e3:.2f} | {floor / t:.2f} | {ratio} |")
+    print("\nchecks (CPU targets of issue 2):")
+    for wname in WORKLOADS[device]:
+        z, t = results.get((wname, "Adam", "zoo foreach")), results.get((wname, "Adam", "torch foreach"))
+        if z and t:
+            print(f"  {wname}: zoo foreach Adam / torch foreach Adam = {z / t:.2f} (target <= 1)")
+        for name in ("DiffGrad", "AdaBelief"):
+            z = results.get((wname, name, "zoo foreach"))
+            peers = [v for (w, n, i), v in results.items() if w == wname and n == name and "pytorch_optimizer" in i]
+            if z and peers:
+                print(f"  {wname}: fastest pytorch_optimizer {name} / zoo {name} = {min(peers) / z:.1f}x "
+                      "(target >= 3 on 3,200 small)")
+    return results
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="workloads 64x smaller, for smoke runs")
+    a = ap.parse_args()
+    main(a.device, a.repeats, a.quick)
