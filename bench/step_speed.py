@@ -41,21 +41,26 @@ def candidates():
         ("Adam", "torch foreach", lambda p: torch.optim.Adam(p, foreach=True)),
         ("Adam", "torch fused", lambda p: torch.optim.Adam(p, fused=True)),
         ("Adam", "zoo reference", lambda p: zoo.Adam(p, foreach=False)),
-        ("Adam", "zoo foreach", lambda p: zoo.Adam(p, foreach=True)),
         ("AdamW", "torch fused", lambda p: torch.optim.AdamW(p, fused=True)),
-        ("AdamW", "zoo foreach", lambda p: zoo.AdamW(p, foreach=True)),
         ("AMSGrad", "torch foreach", lambda p: torch.optim.Adam(p, amsgrad=True, foreach=True)),
-        ("AMSGrad", "zoo foreach", lambda p: zoo.Adam(p, amsgrad=True, foreach=True)),
         ("Adagrad", "torch foreach", lambda p: torch.optim.Adagrad(p, foreach=True)),
-        ("Adagrad", "zoo foreach", lambda p: zoo.Adagrad(p, foreach=True)),
-        ("AdaGradNorm", "zoo foreach", lambda p: zoo.AdaGradNorm(p, foreach=True)),
         ("RMSprop", "torch foreach", lambda p: torch.optim.RMSprop(p, foreach=True)),
-        ("RMSprop", "zoo foreach", lambda p: zoo.RMSprop(p, foreach=True)),
         ("GD (heavy ball)", "torch foreach", lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, foreach=True)),
-        ("GD (heavy ball)", "zoo foreach", lambda p: zoo.GD(p, lr=1e-3, momentum=0.9, foreach=True)),
-        ("AdaBelief", "zoo foreach", lambda p: zoo.AdaBelief(p, foreach=True)),
-        ("DiffGrad", "zoo foreach", lambda p: zoo.DiffGrad(p, foreach=True)),
     ]
+    zoo_rows = {
+        "Adam": lambda p, fe: zoo.Adam(p, foreach=fe),
+        "AdamW": lambda p, fe: zoo.AdamW(p, foreach=fe),
+        "AMSGrad": lambda p, fe: zoo.Adam(p, amsgrad=True, foreach=fe),
+        "Adagrad": lambda p, fe: zoo.Adagrad(p, foreach=fe),
+        "AdaGradNorm": lambda p, fe: zoo.AdaGradNorm(p, foreach=fe),
+        "RMSprop": lambda p, fe: zoo.RMSprop(p, foreach=fe),
+        "GD (heavy ball)": lambda p, fe: zoo.GD(p, lr=1e-3, momentum=0.9, foreach=fe),
+        "AdaBelief": lambda p, fe: zoo.AdaBelief(p, foreach=fe),
+        "DiffGrad": lambda p, fe: zoo.DiffGrad(p, foreach=fe),
+    }
+    for name, make in zoo_rows.items():
+        rows.append((name, "zoo foreach (lists)", lambda p, make=make: make(p, True)))
+        rows.append((name, "zoo default (flat state)", lambda p, make=make: make(p, None)))
     if po is not None:
         rows += [
             ("AdaBelief", "pytorch_optimizer", lambda p: po.AdaBelief(p, weight_decouple=False)),
@@ -65,7 +70,8 @@ def candidates():
             ("DiffGrad", "pytorch_optimizer foreach",
              lambda p: po.DiffGrad(p, weight_decouple=False, foreach=True)),
         ]
-    return rows
+    order = list(dict.fromkeys(r[0] for r in rows))
+    return sorted(rows, key=lambda r: order.index(r[0]))
 
 
 def sync(device):
@@ -138,11 +144,13 @@ def main(device="cpu", repeats=30, quick=False):
             print(f"| {name} | {impl} | {t * 1e3:.2f} | {floor / t:.2f} | {ratio} |")
     print("\nchecks (CPU targets of issue 2):")
     for wname in WORKLOADS[device]:
-        z, t = results.get((wname, "Adam", "zoo foreach")), results.get((wname, "Adam", "torch foreach"))
-        if z and t:
-            print(f"  {wname}: zoo foreach Adam / torch foreach Adam = {z / t:.2f} (target <= 1)")
+        t = results.get((wname, "Adam", "torch foreach"))
+        for impl in ("zoo foreach (lists)", "zoo default (flat state)"):
+            z = results.get((wname, "Adam", impl))
+            if z and t:
+                print(f"  {wname}: {impl} Adam / torch foreach Adam = {z / t:.2f} (target <= 1)")
         for name in ("DiffGrad", "AdaBelief"):
-            z = results.get((wname, name, "zoo foreach"))
+            z = results.get((wname, name, "zoo default (flat state)"))
             peers = [v for (w, n, i), v in results.items() if w == wname and n == name and "pytorch_optimizer" in i]
             if z and peers:
                 print(f"  {wname}: fastest pytorch_optimizer {name} / zoo {name} = {min(peers) / z:.1f}x "

@@ -149,8 +149,8 @@ class ZooOptimizer(torch.optim.Optimizer):
         if tier == "reference":
             for s in step_tensors:
                 s += 1
-        else:
-            torch._foreach_add_(step_tensors, 1)
+        else:  # the tensor overload is several times faster on CPU scalars (as torch.optim does)
+            torch._foreach_add_(step_tensors, torch.ones((), dtype=step_tensors[0].dtype), alpha=1.0)
         return [s.item() for s in step_tensors]
 
     @torch.no_grad()

@@ -7,8 +7,10 @@ views of it, so ``state_dict()``, torch interchange and the per-tensor tiers see
 A step then gathers the gradients once, runs the *same* multi-tensor rule on a single flat tensor,
 and scatters the update into the parameters with one multi-tensor add.
 
-Used when every parameter of the group has a gradient, all share one device and real dtype, and
-all have taken the same number of steps; otherwise the step takes the per-tensor-list path.
+Used when every parameter of the group has a gradient, all share one device and real dtype, all
+have taken the same number of steps, and the tensors are small on average (at most
+``SMALL_NUMEL`` elements): the gather and scatter cost two extra passes over memory, which large
+tensors do not win back (bench/step_speed.py). Otherwise the step takes the per-tensor-list path.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from torch import Tensor
 from .direction import Direction
 
 
+SMALL_NUMEL = 1 << 14
+
+
 def eligible(group_params: list[Tensor], params: list[Tensor]) -> bool:
     if len(params) != len(group_params) or len(params) < 2:
         return False
     first = params[0]
-    return not first.is_complex() and all(
-        p.device == first.device and p.dtype == first.dtype for p in params)
+    if first.is_complex() or sum(p.numel() for p in params) > SMALL_NUMEL * len(params):
+        return False
+    return all(p.device == first.device and p.dtype == first.dtype for p in params)
 
 
 class FlatBucket:
@@ -46,14 +52,21 @@ class FlatBucket:
                 view.copy_(state[key].reshape(-1))
                 state[key] = view.view(p.shape)
             self.flats[key] = flat
-        self.update = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
-        self.update_views = [v.view(p.shape) for v, p in zip(self.update.split(numels), params)]
+        self.grad, self.grad_views = self._buffer(params, numels, total)
+        self.update, self.update_views = self._buffer(params, numels, total)
+
+    @staticmethod
+    def _buffer(params, numels, total):
+        flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+        return flat, [v.view(p.shape) for v, p in zip(flat.split(numels), params)]
 
     def matches(self, params: list[Tensor]) -> bool:
         return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
 
-    def gather(self, tensors: list[Tensor]) -> Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])
+    def gather(self, grads: list[Tensor]) -> Tensor:
+        """The gradients copied into the bucket's flat gradient buffer (one multi-tensor copy)."""
+        torch._foreach_copy_(self.grad_views, grads)
+        return self.grad
 
     def apply(self, d: Direction, step_size: float) -> None:
         """``p += step_size * d`` for every parameter, from the flat direction ``d``."""
