@@ -2,8 +2,7 @@
 
 A direction rule updates its state and returns the update direction of every parameter in the
 factored form ``d_i = -coef_i * num_i / denom_i`` (``denom`` absent means 1). Keeping the factors
-lets the plain step be a single ``addcdiv`` per tensor, as in torch.optim, while a line search can
-still materialise ``d`` and scale it by its accepted step.
+lets the plain step be a single ``addcdiv`` per tensor, as in torch.optim.
 """
 
 from __future__ import annotations
@@ -24,14 +23,6 @@ class Direction:
         if isinstance(self.coefs, list):
             return self.coefs
         return [self.coefs] * len(self.nums)
-
-    def materialise(self) -> list[Tensor]:
-        """The direction tensors ``d_i`` themselves (new tensors)."""
-        out = []
-        for num, denom, coef in zip(self.nums, self.denoms or [None] * len(self.nums), self.coef_list()):
-            d = num / denom if denom is not None else num.clone()
-            out.append(d.mul_(-coef))
-        return out
 
 
 def state_tensors(states: list[dict], key: str) -> list[Tensor]:
