@@ -422,7 +422,7 @@ def test_line_search_over_many_groups_and_tensors():
         opt.step(closure)
         values.append(float(f()))
     assert values[-1] < values[0] and all(b <= a for a, b in zip(values, values[1:]))
-    assert not opt._flat_buckets  # searched steps run over tensor lists
+    assert not opt._fused  # searched steps run over tensor lists
 
 
 def test_a_search_grown_too_far_recovers_after_one_failure():

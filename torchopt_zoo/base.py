@@ -13,10 +13,13 @@ around it:
   (``p *= 1 - lr * wd``), tensor learning rates, complex parameters (as real views);
 * never writes into ``p.grad`` and never keeps a reference to it in state;
 * tiers: ``foreach=False`` runs the reference rule tensor by tensor, ``foreach=True`` the
-  multi-tensor rule over the list of tensors; ``foreach=None`` (default) runs the multi-tensor
-  rule over flat state buffers (:mod:`torchopt_zoo.kernels.flat`) when every parameter of the
-  group has a gradient, else over the list (bench/step_speed.py measures all three). A fused
-  single-kernel tier plugs in at :meth:`ZooOptimizer._tier`.
+  multi-tensor rule over the list of tensors; the default (``fused=None``, ``foreach=None``) runs
+  the fused tier (:mod:`torchopt_zoo.kernels.fused`: parameters, gradients and state in flat
+  buffers, one Triton kernel per step on CUDA) where the group qualifies, else the multi-tensor
+  list tier; ``fused=True`` insists on the fused tier (bench/step_speed.py measures all of them);
+* AMP: ``torch.amp.GradScaler`` hands the step its ``grad_scale`` and ``found_inf`` (as it does
+  for torch's fused optimizers); the fused tier applies them on the device without a host sync,
+  the other tiers read ``found_inf`` once per step. ``p.grad`` is never unscaled in place.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import Tensor
 from ._pickling import PicklesAttributes
 from ._validation import as_float, check_choice, check_range
 from .kernels import direction as _direction
-from .kernels import flat as _flat
+from .kernels import fused as _fused
 from .stepsize import trials as _trials
 from .stepsize.backtracking import Backtracking
 
@@ -54,7 +57,8 @@ def _scalar_dtype() -> torch.dtype:
 class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
     """Base class: subclasses set ``_rules`` (``{"reference": fn, "foreach": fn}``), implement
     :meth:`_new_state` and :meth:`_check_group`, and pass their defaults (which must include
-    ``lr``, ``weight_decay``, ``maximize``, ``decoupled_weight_decay`` and ``foreach``)."""
+    ``lr``, ``weight_decay``, ``maximize``, ``decoupled_weight_decay``, ``foreach`` and ``fused``);
+    ``_rules["fused"]`` names the rule's fused kernel (:mod:`torchopt_zoo.kernels.triton_rules`)."""
 
     _rules: ClassVar[dict[str, Callable]]
     _pickled = ("line_search",)
@@ -64,7 +68,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             raise TypeError(f"line_search must be None or torchopt_zoo.stepsize.Backtracking(...), "
                             f"got {type(line_search).__name__}")
         self.line_search = line_search
-        self._flat_buckets: dict[int, _flat.FlatBucket] = {}
+        self._fused: dict[int, _fused.FusedBucket] = {}
+        # torch.amp.GradScaler then passes grad_scale/found_inf to step() instead of unscaling p.grad
+        self._step_supports_amp_scaling = line_search is None
         super().__init__(params, defaults)
 
     # ----------------------------------------------------------------- groups and validation
@@ -73,6 +79,10 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         check_range("lr", group["lr"], 0.0)
         check_range("weight_decay", group["weight_decay"], 0.0)
         check_choice("foreach", group["foreach"], (None, True, False))
+        check_choice("fused", group["fused"], (None, True, False))
+        if group["fused"] and group["foreach"] is not None:
+            raise ValueError(f"fused=True cannot be combined with foreach={group['foreach']}; "
+                             "leave foreach=None")
         check_choice("maximize", group["maximize"], (True, False))
         check_choice("decoupled_weight_decay", group["decoupled_weight_decay"], (True, False))
         if self.line_search is not None and group["decoupled_weight_decay"] and group["weight_decay"]:
@@ -90,12 +100,22 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         # A state_dict from torch.optim (or an older zoo version) may lack our keys.
         super().__setstate__(state)
         self.__dict__.setdefault("line_search", None)
-        self._flat_buckets = {}  # loaded state tensors are no longer views of the flat buffers
+        self._fused = {}  # loaded state tensors are no longer views of the flat buffers
+        self.__dict__.setdefault("_step_supports_amp_scaling", self.line_search is None)
         if isinstance(self.state.get("line_search"), dict):  # never share it with the source
             self.state["line_search"] = _copy_stats(self.state["line_search"])
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+    @staticmethod
+    def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
+        """Loaded state goes to the parameter's device; floating state takes the zoo's state dtype
+        (float32 for bf16/fp16 parameters, see :func:`torchopt_zoo.kernels.fused.state_dtype`)."""
+        if key == "step" or not (param.is_floating_point() and value.is_floating_point()):
+            return torch.optim.Optimizer._process_value_according_to_param_policy(
+                param, value, param_id, param_groups, key)
+        return value.to(dtype=_fused.state_dtype(param), device=param.device)
 
     # ----------------------------------------------------------------- state
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
@@ -106,12 +126,18 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         """State shared by a whole group lives in the state of the group's first parameter."""
         return self.state[group["params"][0]]
 
+    def _shared_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The group-wide state a rule needs besides the per-parameter state (none by default)."""
+        return {}
+
     # ----------------------------------------------------------------- the step
     def _tier(self, group: dict[str, Any]) -> str:
-        foreach = group["foreach"]
-        if foreach is None:
-            foreach = not torch.jit.is_scripting()
-        return "foreach" if foreach else "reference"
+        """``"reference"``, ``"foreach"`` (tensor lists) or ``"fused"`` (flat buffers)."""
+        if group["foreach"] is False or torch.jit.is_scripting():
+            return "reference"
+        if group["foreach"] or group["fused"] is False or torch.compiler.is_compiling():
+            return "foreach"
+        return "fused"
 
     def _collect(self, group):
         """Parameters with a gradient, their gradients and their (lazily created) states."""
@@ -131,10 +157,15 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             states.append(state)
         return params, grads, states
 
-    def _prepare(self, group, params, grads, tier):
-        """``maximize`` and weight decay; new tensors, never ``p.grad`` itself."""
+    def _prepare(self, group, params, grads, tier, grad_scale=None):
+        """AMP's ``grad_scale``, float32 for bf16/fp16 gradients (the state's dtype), ``maximize``
+        and weight decay; new tensors, never ``p.grad`` itself."""
         wd = group["weight_decay"]
         foreach = tier != "reference"
+        if grad_scale is not None:
+            grads = [g / grad_scale.to(g.device) for g in grads]
+        if any(g.dtype in _fused.LOW_PRECISION for g in grads):
+            grads = [g.float() if g.dtype in _fused.LOW_PRECISION else g for g in grads]
         if group["maximize"]:
             grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
         if wd != 0:
@@ -151,34 +182,35 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 grads = [g.add(p, alpha=wd) for g, p in zip(grads, params)]
         return params, grads
 
-    def _ready_bucket(self, group):
-        """The group's flat bucket and gradients when this step can take the flat path as it is.
-
-        The fast path of a training loop: no per-parameter state lookups (the bucket holds the
-        states' tensors as views), only a check that every parameter still has a dense gradient.
-        """
-        bucket = self._flat_buckets.get(id(group))
-        if bucket is None or group["foreach"] is not None or torch.compiler.is_compiling():
-            return None  # (no bucket is made while a line search is set, see _new_bucket)
-        grads = [p.grad for p in group["params"]]
-        if any(g is None or g.is_sparse for g in grads) or not bucket.ready(group["params"]):
-            return None
-        return bucket, grads
-
-    def _new_bucket(self, group, params, states, tier) -> _flat.FlatBucket | None:
-        """A new flat-state bucket for the group when its parameters qualify (see kernels/flat.py)."""
-        if (tier != "foreach" or group["foreach"] is not None or torch.compiler.is_compiling()
-                or self.line_search is not None or not _flat.eligible(group["params"], params, states)):
-            return None
-        bucket = self._flat_buckets[id(group)] = _flat.FlatBucket(params, states)
+    def _fused_bucket(self, group, params, grads, states) -> _fused.FusedBucket | None:
+        """The group's fused bucket, holding ``grads``, or None when the group does not qualify
+        at this step (see :mod:`torchopt_zoo.kernels.fused`)."""
+        bucket = self._fused.get(id(group))
+        if bucket is None or not bucket.holds(group["params"], params):
+            reason = _fused.ineligible(group["params"], params, states)
+            if reason:
+                self._fused.pop(id(group), None)
+                if group["fused"]:
+                    raise ValueError(f"fused=True: the fused tier cannot take this param group: {reason}; "
+                                     "use fused=None to fall back to the multi-tensor tier")
+                return None
+            bucket = self._fused[id(group)] = _fused.FusedBucket(group["params"], states)
+        bucket.load(grads)
         return bucket
 
-    def _flat_step(self, group, bucket, grads) -> None:
-        steps = bucket.advance()
-        _, grads = self._prepare(group, bucket.params, grads, "foreach")
-        flat_grad = bucket.gather(grads)
-        d = self._direction(self._rules["foreach"], group, [], [flat_grad], [bucket.flats], steps)
-        bucket.apply(d, as_float("lr", group["lr"]))
+    def _fused_step(self, group, bucket, grad_scale, found_inf) -> None:
+        lr = as_float("lr", group["lr"])
+        if bucket.triton:
+            from .kernels import triton_rules
+            triton_rules.step(self._rules["fused"], group, bucket, lr, self._shared_state(group),
+                              grad_scale, found_inf)
+        elif found_inf is None or not found_inf.item():
+            steps = bucket.advance()
+            _, grads = self._prepare(group, [bucket.param], [bucket.grad], "foreach", grad_scale)
+            if not _fused.torch_kernel(self._rules["fused"], group, bucket, grads[0], lr):
+                d = self._direction(self._rules["foreach"], group, [bucket.param], grads, [bucket.flats], steps)
+                _direction.apply_foreach([bucket.param], d, lr)
+        bucket.stepped()
 
     def _direction(self, rule, group, params, grads, states, steps) -> _direction.Direction:
         return rule(group, params, grads, states, steps)
@@ -188,18 +220,42 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         if tier == "reference":
             for s in step_tensors:
                 s += 1
-        else:  # the tensor overload is several times faster on CPU scalars (as torch.optim does)
+        elif all(s.is_cpu for s in step_tensors):  # the tensor overload is faster on CPU scalars, as in torch.optim
             torch._foreach_add_(step_tensors, torch.ones((), dtype=step_tensors[0].dtype), alpha=1.0)
-        return [s.item() for s in step_tensors]
+        else:
+            torch._foreach_add_(step_tensors, 1.0)
+        return torch.stack([s.cpu() for s in step_tensors]).tolist()  # one host read per device
 
-    def _list_direction(self, group, tier, params, grads, states):
+    def _list_direction(self, group, tier, params, grads, states, grad_scale=None):
         """Count the step, prepare the gradients and run the group's rule over tensor lists."""
         steps = self._step_counts(states, tier)
         if any(p.is_complex() for p in params):
             params = [_direction.real_view(p) for p in params]
             grads = [_direction.real_view(g) for g in grads]
-        params, grads = self._prepare(group, params, grads, tier)
-        return params, grads, self._direction(self._rules[tier], group, params, grads, states, steps)
+        params, grads = self._prepare(group, params, grads, tier, grad_scale)
+        rule = self._rules["foreach" if tier == "fused" else tier]
+        return params, grads, self._direction(rule, group, params, grads, states, steps)
+
+    # ----------------------------------------------------------------- gradients
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``torch.optim.Optimizer.zero_grad``. With ``set_to_none=False`` the gradients of a
+        fused group become views of its flat gradient buffer, zeroed with one fill, so the next
+        backward accumulates straight into the buffer the fused step reads."""
+        if set_to_none or not self._fused:
+            return super().zero_grad(set_to_none)
+        rest = []
+        for group in self.param_groups:
+            bucket = self._fused.get(id(group))
+            if bucket is not None and bucket.group_list is group["params"]:
+                rest += bucket.zero_grads()
+            else:
+                rest += [p.grad for p in group["params"] if p.grad is not None]
+        for g in rest:
+            if g.grad_fn is not None:
+                g.detach_()
+            else:
+                g.requires_grad_(False)
+            g.zero_()
 
     # ----------------------------------------------------------------- the searched step
     @property
@@ -326,19 +382,26 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        skip = None  # whether found_inf is set, read once, only if a non-fused group needs it
         for group in self.param_groups:
-            ready = self._ready_bucket(group)
-            if ready is not None:
-                self._flat_step(group, *ready)
+            bucket = self._fused.get(id(group))
+            if bucket is not None and bucket.intact(group["params"]) and self._tier(group) == "fused":
+                self._fused_step(group, bucket, grad_scale, found_inf)
                 continue
             params, grads, states = self._collect(group)
             if not params:
                 continue
             tier = self._tier(group)
-            bucket = self._new_bucket(group, params, states, tier)
-            if bucket is not None:
-                self._flat_step(group, bucket, grads)
+            if tier == "fused":
+                bucket = self._fused_bucket(group, params, grads, states)
+                if bucket is not None:
+                    self._fused_step(group, bucket, grad_scale, found_inf)
+                    continue
+            if skip is None:
+                skip = found_inf is not None and bool(found_inf.item())
+            if skip:
                 continue
-            params, _, d = self._list_direction(group, tier, params, grads, states)
-            TIERS[tier](params, d, as_float("lr", group["lr"]))
+            params, _, d = self._list_direction(group, tier, params, grads, states, grad_scale)
+            TIERS["foreach" if tier == "fused" else tier](params, d, as_float("lr", group["lr"]))
         return loss

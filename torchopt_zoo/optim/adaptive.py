@@ -9,26 +9,28 @@ import torch
 from .._validation import check_betas, check_choice, check_range
 from ..base import ZooOptimizer
 from ..kernels import foreach as _foreach
+from ..kernels.fused import state_dtype
 from ..kernels import reference as _reference
 
 EPS_MODES = ("torch", "original")
 
 
 def _rules(name: str) -> dict:
-    return {"reference": getattr(_reference, name), "foreach": getattr(_foreach, name)}
+    return {"reference": getattr(_reference, name), "foreach": getattr(_foreach, name), "fused": name}
 
 
 def _zeros(p: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(p, memory_format=torch.preserve_format)
+    """Zero state for ``p`` (float32 for bf16/fp16 parameters)."""
+    return torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
 
 
 class _AdamFamily(ZooOptimizer):
     """Shared construction of the optimizers with ``betas`` and ``eps`` (Adam, AdaBelief, diffGrad)."""
 
-    def __init__(self, params, lr, betas, eps, weight_decay, *, foreach, maximize,
+    def __init__(self, params, lr, betas, eps, weight_decay, *, foreach, fused, maximize,
                  decoupled_weight_decay, line_search, **extra) -> None:
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
-                        weight_decay=weight_decay, foreach=foreach, maximize=maximize,
+                        weight_decay=weight_decay, foreach=foreach, fused=fused, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay, **extra)
         super().__init__(params, defaults, line_search)
 
@@ -53,9 +55,9 @@ class Adam(_AdamFamily):
     _rules = _rules("adam")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, foreach=None, maximize=False, decoupled_weight_decay=False,
+                 amsgrad=False, *, foreach=None, fused=None, maximize=False, decoupled_weight_decay=False,
                  line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, foreach=foreach,
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, foreach=foreach, fused=fused,
                          maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          line_search=line_search)
 
@@ -75,8 +77,8 @@ class AdamW(Adam):
     ``p *= 1 - lr wd`` before the Adam step; a drop-in for ``torch.optim.AdamW`` (``wd = 1e-2``)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, foreach=None, maximize=False, line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                 amsgrad=False, *, foreach=None, fused=None, maximize=False, line_search=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, fused=fused,
                          maximize=maximize, decoupled_weight_decay=True, line_search=line_search)
 
 
@@ -91,9 +93,9 @@ class AdaBelief(_AdamFamily):
     _rules = _rules("adabelief")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0, *,
-                 eps_mode="torch", foreach=None, maximize=False, decoupled_weight_decay=False,
+                 eps_mode="torch", foreach=None, fused=None, maximize=False, decoupled_weight_decay=False,
                  line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, eps_mode=eps_mode, foreach=foreach,
+        super().__init__(params, lr, betas, eps, weight_decay, eps_mode=eps_mode, foreach=foreach, fused=fused,
                          maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          line_search=line_search)
 
@@ -113,9 +115,9 @@ class DiffGrad(_AdamFamily):
     _rules = _rules("diffgrad")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 eps_mode="torch", foreach=None, maximize=False, decoupled_weight_decay=False,
+                 eps_mode="torch", foreach=None, fused=None, maximize=False, decoupled_weight_decay=False,
                  line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, eps_mode=eps_mode, foreach=foreach,
+        super().__init__(params, lr, betas, eps, weight_decay, eps_mode=eps_mode, foreach=foreach, fused=fused,
                          maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          line_search=line_search)
 
@@ -130,11 +132,11 @@ class Adagrad(ZooOptimizer):
     _rules = _rules("adagrad")
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, foreach=None, *, maximize=False, decoupled_weight_decay=False,
+                 eps=1e-10, foreach=None, *, fused=None, maximize=False, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
-                        foreach=foreach, maximize=maximize,
+                        foreach=foreach, fused=fused, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 
@@ -145,7 +147,7 @@ class Adagrad(ZooOptimizer):
         check_range("eps", group["eps"], 0.0)
 
     def _new_state(self, p, group):
-        return {"sum": torch.full_like(p, group["initial_accumulator_value"],
+        return {"sum": torch.full_like(p, group["initial_accumulator_value"], dtype=state_dtype(p),
                                        memory_format=torch.preserve_format)}
 
 
@@ -159,9 +161,9 @@ class AdaGradNorm(ZooOptimizer):
 
     _rules = _rules("adagrad_norm")
 
-    def __init__(self, params, lr=1.0, b0=1e-2, weight_decay=0.0, *, foreach=None, maximize=False,
+    def __init__(self, params, lr=1.0, b0=1e-2, weight_decay=0.0, *, foreach=None, fused=None, maximize=False,
                  decoupled_weight_decay=False, line_search=None):
-        defaults = dict(lr=lr, b0=b0, weight_decay=weight_decay, foreach=foreach,
+        defaults = dict(lr=lr, b0=b0, weight_decay=weight_decay, foreach=foreach, fused=fused,
                         maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 
@@ -172,14 +174,17 @@ class AdaGradNorm(ZooOptimizer):
     def _new_state(self, p, group):
         return {}
 
-    def _direction(self, rule, group, params, grads, states, steps):
+    def _shared_state(self, group):
         group_state = self._group_state(group)
         if "norm_sum_sq" not in group_state:
             first = group["params"][0]
-            dtype = first.real.dtype if first.is_complex() else first.dtype
+            dtype = state_dtype(first.real if first.is_complex() else first)
             group_state["norm_sum_sq"] = torch.tensor(float(group["b0"]) ** 2, dtype=dtype,
                                                       device=first.device)
-        return rule(group, params, grads, states, steps, group_state)
+        return group_state
+
+    def _direction(self, rule, group, params, grads, states, steps):
+        return rule(group, params, grads, states, steps, self._shared_state(group))
 
 
 class RMSprop(ZooOptimizer):
@@ -191,10 +196,10 @@ class RMSprop(ZooOptimizer):
     _rules = _rules("rmsprop")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, foreach=None, maximize=False, *, decoupled_weight_decay=False,
+                 centered=False, foreach=None, maximize=False, *, fused=None, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        centered=centered, foreach=foreach, maximize=maximize,
+                        centered=centered, foreach=foreach, fused=fused, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 

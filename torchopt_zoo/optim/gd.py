@@ -7,6 +7,7 @@ import torch
 from .._validation import check_choice, check_range
 from ..base import ZooOptimizer
 from ..kernels import foreach as _foreach
+from ..kernels.fused import state_dtype
 from ..kernels import reference as _reference
 
 
@@ -17,13 +18,13 @@ class GD(ZooOptimizer):
     ``p -= lr buf`` (``nesterov``: ``p -= lr (g + mu buf)``); ``momentum=0`` is plain ``p -= lr g``.
     """
 
-    _rules = {"reference": _reference.gd, "foreach": _foreach.gd}
+    _rules = {"reference": _reference.gd, "foreach": _foreach.gd, "fused": "gd"}
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, foreach=None, maximize=False, decoupled_weight_decay=False,
+                 nesterov=False, *, foreach=None, fused=None, maximize=False, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, foreach=foreach, maximize=maximize,
+                        nesterov=nesterov, foreach=foreach, fused=fused, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 
@@ -38,4 +39,4 @@ class GD(ZooOptimizer):
     def _new_state(self, p, group):
         if group["momentum"] == 0:
             return {}
-        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return {"momentum_buffer": torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)}

@@ -1,0 +1,239 @@
+"""The fused tier: a param group's parameters, gradients and state in flat buffers, one pass per step.
+
+Layout (:class:`FusedBucket`, one per param group). At the group's first fused step
+
+* the parameters move into one flat buffer: each ``p.data`` is rebound to a view of it, so the
+  ``Parameter`` objects, the modules holding them and their values stay the same;
+* every state key (``exp_avg``, ...) gets one flat buffer, float32 for bf16/fp16 parameters, and the
+  per-parameter entries of ``optimizer.state`` become views of it (``state_dict()`` and torch
+  interchange see ordinary per-parameter tensors); the ``step`` counters too (0-dim views, on the
+  parameters' device, as torch's fused optimizers keep them);
+* gradients: ``optimizer.zero_grad(set_to_none=False)`` rebinds each existing ``p.grad`` to a view
+  of the group's flat gradient buffer and zeroes that buffer with one fill. Autograd then
+  accumulates the next gradients into it in place, so the step reads them where they are. Any other
+  gradient (``None`` after ``zero_grad()``, then a fresh one from autograd, or a tensor the user
+  assigned) is copied in with one multi-tensor copy. The step only reads ``p.grad``.
+
+A group qualifies when all its parameters share one device and one real floating dtype, are
+contiguous and are each the only tensor on their storage (so rebinding cannot detach a tensor that
+shares it), or already lie in order in one of our flat buffers (after ``load_state_dict``); at a
+step every parameter must have a dense gradient and the same step count. Otherwise the step takes
+the multi-tensor list tier.
+
+The fast path does O(1) host work per group, so that on CUDA a step over thousands of tensors is one
+kernel launch: it is taken when the use counts of the flat parameter and gradient storages show that
+no parameter or gradient was rebound since the bucket last checked them, and the gradient buffer
+was written (its version counter moved) since the last step. Anything else goes through
+:meth:`FusedBucket.holds`, which checks every parameter. (Not caught: a gradient replaced while
+the code still holds a reference to the old one, and a gradient buffer written since the last step.)
+
+Kernels: on CUDA one Triton kernel per rule (:mod:`.triton_rules`, which also applies AMP's
+``grad_scale``/``found_inf`` without a host sync); on CPU torch's own single-pass kernel where torch
+has one for the rule (Adam, AdamW, AMSGrad), else the multi-tensor rule of :mod:`.foreach` run on
+the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels on CPU tensors too (with
+``TRITON_INTERPRET=1``; the tests do).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def state_dtype(p: Tensor) -> torch.dtype:
+    """The dtype of a parameter's state: float32 for bf16/fp16 parameters, else the parameter's."""
+    return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+
+
+def _use_count(t: Tensor) -> int:
+    """How many tensors share ``t``'s storage (plus one for the storage object asked for here)."""
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+def _adopt(tensors: list[Tensor | None]) -> Tensor | None:
+    """The flat tensor behind ``tensors`` when they lie in order, contiguous, over one whole storage."""
+    if any(t is None or not t.is_contiguous() for t in tensors):
+        return None
+    first = tensors[0]
+    storage, offset = first.untyped_storage(), first.storage_offset()
+    if offset != 0:
+        return None
+    for t in tensors:
+        if (t.storage_offset() != offset or t.dtype != first.dtype
+                or t.untyped_storage().data_ptr() != storage.data_ptr()):
+            return None
+        offset += t.numel()
+    if offset * first.element_size() != storage.nbytes():
+        return None
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, 0, (offset,))
+
+
+def _owns_storage(p: Tensor) -> bool:
+    return (p.is_contiguous() and p.storage_offset() == 0 and _use_count(p) == 2
+            and p.untyped_storage().nbytes() == p.numel() * p.element_size())
+
+
+def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[dict]) -> str:
+    """Why the group cannot take the fused tier at this step ('' when it can)."""
+    if len(params) != len(group_params):
+        return "not every parameter of the group has a gradient"
+    first, step = params[0], states[0]["step"]
+    if not first.is_floating_point():
+        return f"parameters of dtype {first.dtype} (the fused tier takes real floating dtypes)"
+    if any(p.device != first.device or p.dtype != first.dtype for p in params):
+        return "the group mixes devices or dtypes"
+    if any(s["step"] != step for s in states):
+        return "the parameters have taken different numbers of steps"
+    if _adopt(params) is None and not all(_owns_storage(p) for p in params):
+        return ("a parameter is not contiguous or shares its storage with another tensor "
+                "(moving it into a flat buffer would detach them)")
+    return ""
+
+
+def use_triton(device: torch.device) -> bool:
+    if device.type != "cuda" and os.environ.get("TORCHOPT_ZOO_TRITON") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FusedBucket:
+    """Flat buffers for the parameters, gradients and state of one param group."""
+
+    def __init__(self, group_params: list[Tensor], states: list[dict]) -> None:
+        params = list(group_params)
+        self.group_list, self.n = group_params, len(params)
+        self.numels = [p.numel() for p in params]
+        first = params[0]
+        self.param = _adopt(params)
+        if self.param is None:
+            self.param = torch.empty(sum(self.numels), dtype=first.dtype, device=first.device)
+            _rebind(params, self.param, self.numels)
+        self.offsets = [0]
+        for n in self.numels[:-1]:
+            self.offsets.append(self.offsets[-1] + n)
+        self.flats: dict[str, Tensor] = {}
+        for key, value in states[0].items():
+            if key != "step" and isinstance(value, Tensor) and all(
+                    isinstance(s.get(key), Tensor) and s[key].shape == p.shape for s, p in zip(states, params)):
+                self.flats[key] = _flatten_state(states, key, params, self.numels, state_dtype(first))
+        self.steps = torch.stack([s["step"] for s in states]).to(first.device)
+        for state, view in zip(states, self.steps.unbind()):
+            state["step"] = view
+        self.grad = _adopt([p.grad for p in params])
+        self.grads_bound = self.grad is not None
+        if self.grad is None:
+            self.grad = torch.zeros_like(self.param)
+        self.triton = use_triton(first.device)
+        self._record()
+
+    def _record(self) -> None:
+        """Remember the storage use counts and the gradient version the fast path compares with."""
+        self._param_refs = _use_count(self.param)
+        self._grad_refs = _use_count(self.grad)
+        self._grad_version = self.grad._version
+
+    # ---------------------------------------------------------------- checks
+    def intact(self, group_params: list[Tensor]) -> bool:
+        """O(1): nothing was rebound since the last check and new gradients are in the buffer."""
+        return (self.grads_bound and group_params is self.group_list and len(group_params) == self.n
+                and self.grad._version != self._grad_version
+                and _use_count(self.param) == self._param_refs and _use_count(self.grad) == self._grad_refs)
+
+    def holds(self, group_params: list[Tensor], params: list[Tensor]) -> bool:
+        """O(n): every parameter of the group has a gradient and is still its view of the flat buffer."""
+        if group_params is not self.group_list or len(params) != self.n or len(group_params) != self.n:
+            return False
+        return (all(p is q for p, q in zip(params, group_params))
+                and not self._outside(self.param, params) and bool((self.steps == self.steps[0]).all()))
+
+    def _outside(self, flat: Tensor, tensors: list[Tensor]) -> list[int]:
+        """Indices of the tensors that are not their contiguous view of ``flat``."""
+        base, size = flat.data_ptr(), flat.element_size()
+        return [i for i, (t, o) in enumerate(zip(tensors, self.offsets))
+                if t.data_ptr() != base + o * size or t.dtype != flat.dtype or not t.is_contiguous()]
+
+    # ---------------------------------------------------------------- gradients
+    def load(self, grads: list[Tensor]) -> None:
+        """Copy into the flat gradient buffer every gradient that is not already a view of it."""
+        outside = self._outside(self.grad, grads)
+        views = self.grad.split(self.numels)
+        if outside:
+            torch._foreach_copy_([views[i] for i in outside], [grads[i].reshape(-1) for i in outside])
+        del views
+        self.grads_bound = not outside
+        self._record()
+
+    def zero_grads(self) -> list[Tensor]:
+        """``zero_grad(set_to_none=False)`` for the group: bind every existing gradient that is not a
+        view of some other tensor (DDP's buckets, say) to a view of the flat buffer, zero the buffer
+        with one fill; returns the gradients left to zero one by one."""
+        if self.grads_bound and _use_count(self.grad) == self._grad_refs:
+            self.grad.zero_()
+            self._record()
+            return []
+        base, size, others, bound = self.grad.data_ptr(), self.grad.element_size(), [], 0
+        for p, o, n in zip(self.group_list, self.offsets, self.numels):
+            g = p.grad
+            if g is None:
+                continue
+            if g.data_ptr() == base + o * size and g.is_contiguous() and g.dtype == self.grad.dtype:
+                bound += 1
+            elif g._base is None and not g.requires_grad and g.shape == p.shape:
+                p.grad = self.grad[o:o + n].view(p.shape)
+                bound += 1
+            else:
+                others.append(g)
+        self.grad.zero_()
+        self.grads_bound = bound == self.n
+        self._record()
+        return others
+
+    # ---------------------------------------------------------------- steps
+    def advance(self) -> list[float]:
+        """Count one step for every parameter; the new (common) step count, as the rules take it."""
+        self.steps.add_(1)
+        return [self.steps[0].item()]
+
+    def stepped(self) -> None:
+        self._grad_version = self.grad._version
+
+
+def _rebind(params: list[Tensor], flat: Tensor, numels: list[int]) -> None:
+    for p, view in zip(params, flat.split(numels)):
+        view.copy_(p.detach().reshape(-1))
+        p.data = view.view(p.shape)
+
+
+def _flatten_state(states, key, params, numels, dtype) -> Tensor:
+    flat = torch.empty(sum(numels), dtype=dtype, device=params[0].device)
+    for state, view, p in zip(states, flat.split(numels), params):
+        view.copy_(state[key].reshape(-1))
+        state[key] = view.view(p.shape)
+    return flat
+
+
+def torch_kernel(name: str, group: dict, bucket: FusedBucket, grad: Tensor, lr: float) -> bool:
+    """Run torch's own single-pass kernel for rule ``name`` over the bucket where torch has one
+    for its device and dtype (Adam and AMSGrad: ``torch._fused_adam_``); False where it has none.
+    ``grad`` is already prepared (maximize, coupled weight decay; decoupled decay is applied)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    param = bucket.param
+    if (name != "adam" or param.dtype in LOW_PRECISION or bucket.steps.dtype != torch.float32
+            or grad.dtype != param.dtype or param.device.type not in _get_fused_kernels_supported_devices()):
+        return False
+    beta1, beta2 = group["betas"]
+    flats = bucket.flats
+    torch._fused_adam_([param], [grad], [flats["exp_avg"]], [flats["exp_avg_sq"]],
+                       [flats["max_exp_avg_sq"]] if group["amsgrad"] else [], [bucket.steps[0]],
+                       lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
+                       amsgrad=group["amsgrad"], maximize=False)
+    return True
