@@ -1,5 +1,13 @@
 import os
 
+# Triton kernels run on CPU tensors through Triton's interpreter unless a GPU is present; the
+# variable must be set before the kernels are defined (tests/test_fused.py).
+if not os.environ.get("TRITON_INTERPRET"):
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings

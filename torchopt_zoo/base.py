@@ -107,15 +107,12 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-
-    @staticmethod
-    def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):
-        """Loaded state goes to the parameter's device; floating state takes the zoo's state dtype
-        (float32 for bf16/fp16 parameters, see :func:`torchopt_zoo.kernels.fused.state_dtype`)."""
-        if key == "step" or not (param.is_floating_point() and value.is_floating_point()):
-            return torch.optim.Optimizer._process_value_according_to_param_policy(
-                param, value, param_id, param_groups, key)
-        return value.to(dtype=_fused.state_dtype(param), device=param.device)
+            for p in group["params"]:  # torch casts loaded state to the parameter's dtype
+                state = self.state.get(p, {})
+                for key, value in state.items():
+                    if (key != "step" and isinstance(value, Tensor) and value.is_floating_point()
+                            and value.shape == p.shape and value.dtype != _fused.state_dtype(p)):
+                        state[key] = value.to(_fused.state_dtype(p))
 
     # ----------------------------------------------------------------- state
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:

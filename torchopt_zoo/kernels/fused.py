@@ -27,8 +27,9 @@ was written (its version counter moved) since the last step. Anything else goes 
 :meth:`FusedBucket.holds`, which checks every parameter. (Not caught: a gradient replaced while
 the code still holds a reference to the old one, and a gradient buffer written since the last step.)
 
-Kernels: on CUDA one Triton kernel per rule (:mod:`.triton_rules`, which also applies AMP's
-``grad_scale``/``found_inf`` without a host sync); on CPU torch's own single-pass kernel where torch
+Kernels: on CUDA one Triton kernel per rule for float32/bf16/fp16 parameters
+(:mod:`.triton_rules`, which also applies AMP's ``grad_scale``/``found_inf`` without a host sync);
+on CPU and for float64 torch's own single-pass kernel where torch
 has one for the rule (Adam, AdamW, AMSGrad), else the multi-tensor rule of :mod:`.foreach` run on
 the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels on CPU tensors too (with
 ``TRITON_INTERPRET=1``; the tests do).
@@ -94,7 +95,11 @@ def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[di
     return ""
 
 
-def use_triton(device: torch.device) -> bool:
+def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a bucket runs the Triton kernels: on CUDA (or with ``TORCHOPT_ZOO_TRITON=1``), for
+    float32/bf16/fp16 parameters (the kernels compute in float32), where Triton imports."""
+    if dtype not in (torch.float32, *LOW_PRECISION):
+        return False
     if device.type != "cuda" and os.environ.get("TORCHOPT_ZOO_TRITON") != "1":
         return False
     try:
@@ -131,7 +136,7 @@ class FusedBucket:
         self.grads_bound = self.grad is not None
         if self.grad is None:
             self.grad = torch.zeros_like(self.param)
-        self.triton = use_triton(first.device)
+        self.triton = use_triton(first.device, first.dtype)
         self._record()
 
     def _record(self) -> None:

@@ -31,10 +31,9 @@ BLOCK = 2048
 @triton.jit
 def _block(inf_ptr, n, BLOCK: tl.constexpr, HAS_INF: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    if HAS_INF:
-        mask = mask & (tl.load(inf_ptr) == 0)
-    return offs, mask
+    if HAS_INF:  # found_inf: no element is in range
+        n = tl.where(tl.load(inf_ptr) == 0, n, 0)
+    return offs, offs < n
 
 
 @triton.jit

@@ -1,0 +1,314 @@
+"""The fused tier (flat buffers, torch's fused kernel on CPU, Triton kernels) against the reference.
+
+The Triton kernels run here on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``,
+set by conftest.py when no GPU is present; ``TORCHOPT_ZOO_TRITON=1`` sends CPU buckets to them).
+"""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import CONFIGS, config_id
+
+import torchopt_zoo as zoo
+from torchopt_zoo.kernels import fused as _fused
+
+pytest.importorskip("triton")
+
+shapes = st.lists(st.lists(st.integers(1, 6), min_size=0, max_size=3).map(tuple), min_size=1, max_size=6)
+layouts = st.integers(1, 3)  # number of param groups the tensors are dealt into
+
+
+def make_groups(tensors, n_groups):
+    groups = [{"params": tensors[i::n_groups], "lr": 0.01 * (i + 1)} for i in range(n_groups)]
+    return [g for g in groups if g["params"]]
+
+
+def run(cfg, init, grads, n_groups, *, bind=False, **tier):
+    """Parameters and optimizer after ``len(grads)`` steps. ``bind``: gradients arrive as autograd
+    delivers them after ``zero_grad(set_to_none=False)``, accumulated into the existing ``p.grad``."""
+    cls, kw = cfg
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = cls(make_groups(params, n_groups), **tier, **kw)
+    for step_grads in grads:
+        if bind:
+            opt.zero_grad(set_to_none=False)
+        for p, g in zip(params, step_grads):
+            if bind and p.grad is not None:
+                p.grad.add_(g)
+            else:
+                p.grad = g.clone()
+        opt.step()
+    return params, opt
+
+
+def assert_same_run(a, b, tol):
+    (pa, oa), (pb, ob) = a, b
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y.detach(), x.detach(), **tol)
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys()
+        for key in sa[i]:
+            torch.testing.assert_close(sb[i][key], sa[i][key], **tol)
+
+
+def draw(data, dtype):
+    shape_list, n_groups = data.draw(shapes), data.draw(layouts)
+    steps, seed = data.draw(st.integers(1, 3)), data.draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    init = [torch.randn(s, generator=gen).to(dtype) for s in shape_list]
+    grads = [[torch.randn(s, generator=gen).to(dtype) for s in shape_list] for _ in range(steps)]
+    return init, grads, n_groups
+
+
+TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-12, atol=1e-12),
+       torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
+
+
+def check_fused_matches_reference(cfg, data, dtype, triton):
+    init, grads, n_groups = draw(data, dtype)
+    bind = data.draw(st.booleans())
+    ref = run(cfg, init, grads, n_groups, foreach=False)
+    out = run(cfg, init, grads, n_groups, bind=bind)
+    buckets = list(out[1]._fused.values())
+    assert len(buckets) == len(out[1].param_groups) and all(b.triton == triton for b in buckets)
+    assert_same_run(ref, out, TOL[dtype])
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_fused_torch_ops_match_reference(cfg, data, dtype):
+    check_fused_matches_reference(cfg, data, dtype, triton=False)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_fused_triton_kernels_match_reference(cfg, data, dtype):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHOPT_ZOO_TRITON", "1")
+        check_fused_matches_reference(cfg, data, dtype, triton=True)
+
+
+@pytest.fixture(params=[False, True], ids=["torch-ops", "triton"])
+def backend(request, monkeypatch):
+    if request.param:
+        monkeypatch.setenv("TORCHOPT_ZOO_TRITON", "1")
+    return request.param
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+
+
+def loss_of(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+    return (model(x) - y).square().mean()
+
+
+def test_gradients_land_in_the_flat_buffer_and_the_step_takes_the_fast_path(backend, monkeypatch):
+    model, twin = mlp(), mlp()
+    opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
+    slow_steps = []
+    original = opt._fused_bucket
+    monkeypatch.setattr(opt, "_fused_bucket", lambda *a: slow_steps.append(1) or original(*a))
+    for i in range(6):
+        for m, o in ((model, opt), (twin, ref)):
+            o.zero_grad(set_to_none=False)
+            loss_of(m, i).backward()
+            o.step()
+    (bucket,) = opt._fused.values()
+    assert bucket.triton == backend
+    assert len(slow_steps) == 1  # the first step makes the bucket; zero_grad then binds the gradients
+    base, size = bucket.grad.data_ptr(), bucket.grad.element_size()
+    assert [p.grad.data_ptr() for p in model.parameters()] == [base + o * size for o in bucket.offsets]
+    assert [p.data_ptr() for p in model.parameters()] == [bucket.param.data_ptr() + o * size
+                                                          for o in bucket.offsets]
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["assign", "set_to_none", "module_zero_grad_keeping_refs", "no_backward"])
+def test_a_gradient_that_bypasses_the_buffer_is_used(change, backend):
+    # After the gradients were bound to the flat buffer, the user replaces them in each way a
+    # training loop can; the step must use the gradients p.grad holds now.
+    model, twin = mlp(), mlp()
+    opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
+    kept = []
+    for i in range(4):
+        for m, o in ((model, opt), (twin, ref)):
+            if i < 3 or change == "assign":
+                o.zero_grad(set_to_none=False)
+            elif change == "set_to_none":
+                o.zero_grad()
+            elif change == "module_zero_grad_keeping_refs":
+                kept = [p.grad for p in m.parameters()]
+                m.zero_grad()
+            if i < 3 or change != "no_backward":
+                loss_of(m, i).backward()
+            if i == 3 and change == "assign":
+                for p in m.parameters():
+                    p.grad = p.grad * 2.0
+            o.step()
+    del kept  # (held across the step on purpose)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_step_never_writes_the_gradients(config, backend):
+    cls, kw = config
+    model = mlp()
+    opt = cls(model.parameters(), lr=0.01, **kw)
+    opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(0.0)
+    for i in range(3):
+        opt.zero_grad(set_to_none=False)
+        loss_of(model, i).backward()
+        before = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        for p, g in zip(model.parameters(), before):
+            assert torch.equal(p.grad, g)
+    assert opt._fused
+
+
+def test_amp_grad_scale_and_found_inf(config, backend):
+    # The grad_scale / found_inf protocol of torch's fused optimizers: a scaled gradient is
+    # unscaled in the kernel; a step with found_inf set changes nothing, step counts included.
+    cls, kw = config
+    scaled, plain = mlp(), mlp()
+    o_scaled, o_plain = cls(scaled.parameters(), lr=0.01, **kw), cls(plain.parameters(), lr=0.01, **kw)
+    for i in range(4):
+        for m, o, scale in ((scaled, o_scaled, 1024.0), (plain, o_plain, 1.0)):
+            o.zero_grad(set_to_none=False)
+            (loss_of(m, i) * scale).backward()
+            o.grad_scale, o.found_inf = torch.tensor(scale), torch.tensor(0.0)
+            if i == 2:  # an overflow step
+                o.found_inf = torch.tensor(1.0)
+                state = copy.deepcopy(o.state_dict()["state"])
+                params = [p.detach().clone() for p in m.parameters()]
+            o.step()
+            if i == 2:
+                assert all(torch.equal(a, b) for a, b in zip(m.parameters(), params))
+                after = o.state_dict()["state"]
+                assert all(torch.equal(after[k][key], v) for k in state for key, v in state[k].items())
+    for a, b in zip(scaled.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(float(s["step"]) == 3 for s in o_scaled.state.values() if "step" in s)
+
+
+def test_grad_scaler_drives_the_fused_tier_like_torch_fused_adam():
+    zm, tm = mlp(), mlp()
+    oz, ot = zoo.Adam(zm.parameters(), lr=0.01), torch.optim.Adam(tm.parameters(), lr=0.01, fused=True)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10), torch.amp.GradScaler("cpu", init_scale=2.0**10)]
+    for i in range(5):
+        for m, o, s in ((zm, oz, scalers[0]), (tm, ot, scalers[1])):
+            o.zero_grad()
+            loss = loss_of(m, i) * (float("inf") if i == 2 else 1.0)  # one overflow
+            s.scale(loss).backward()
+            s.step(o)
+            s.update()
+    assert scalers[0].get_scale() == scalers[1].get_scale() < 2.0**10
+    for a, b in zip(zm.parameters(), tm.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_low_precision_parameters_keep_float32_state(backend):
+    model = mlp().to(torch.bfloat16)
+    opt = zoo.Adam(model.parameters(), lr=0.01)
+    for i in range(3):
+        opt.zero_grad(set_to_none=False)
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
+        model(x).float().square().mean().backward()
+        opt.step()
+    (bucket,) = opt._fused.values()
+    assert bucket.param.dtype == torch.bfloat16 and bucket.flats["exp_avg"].dtype == torch.float32
+    state = opt.state_dict()["state"][0]
+    assert state["exp_avg"].dtype == torch.float32
+    torch_opt = torch.optim.Adam(mlp().to(torch.bfloat16).parameters())
+    torch_opt.load_state_dict(opt.state_dict())  # torch takes it (casting to its own policy)
+    back = zoo.Adam(model.parameters(), foreach=False)
+    back.load_state_dict(torch_opt.state_dict())
+    assert back.state_dict()["state"][0]["exp_avg"].dtype == torch.float32
+
+
+def test_parameters_sharing_storage_are_not_moved():
+    base = torch.randn(10)
+    shared = torch.nn.Parameter(base[:5])  # a view: moving it would detach it from base
+    kept = torch.randn(4)
+    aliased = torch.nn.Parameter(kept)  # shares storage with a tensor the user still holds
+    own = torch.nn.Parameter(torch.randn(3))
+    for params in ([shared, own], [aliased, own]):
+        opt = zoo.Adam(params, lr=0.1)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        assert not opt._fused  # the list tier took the step
+        with pytest.raises(ValueError, match="fused=True.*shares its storage"):
+            zoo.Adam(params, lr=0.1, fused=True).step()
+    assert torch.equal(base[:5], shared.detach()) and torch.equal(kept, aliased.detach())
+
+
+def test_moved_parameters_keep_working_in_their_module_and_after_load_state_dict(backend):
+    model, twin = mlp(), mlp()
+    opt, ref = zoo.AdamW(model.parameters(), lr=0.01), zoo.AdamW(twin.parameters(), lr=0.01, foreach=False)
+    for i in range(3):
+        for m, o in ((model, opt), (twin, ref)):
+            o.zero_grad()
+            loss_of(m, i).backward()
+            o.step()
+    saved = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(saved)  # the parameters stay in the old flat buffer: adopted, not copied
+    flat_before = next(iter(model.parameters())).data_ptr()
+    for i in range(3, 6):
+        for m, o in ((model, opt), (twin, ref)):
+            o.zero_grad()
+            loss_of(m, i).backward()
+            o.step()
+    assert next(iter(model.parameters())).data_ptr() == flat_before and opt._fused
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    model.load_state_dict(twin.state_dict())  # in-place copies into the views
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_line_search_runs_over_a_fused_group():
+    model = mlp()
+    opt = zoo.Adam(model.parameters(), lr=0.01)
+    for i in range(2):
+        opt.zero_grad(set_to_none=False)
+        loss_of(model, i).backward()
+        opt.step()
+    searched = zoo.GD(model.parameters(), lr=1.0, line_search=zoo.stepsize.Backtracking())
+    f0 = loss_of(model, 0).item()
+
+    def closure():
+        searched.zero_grad()
+        loss = loss_of(model, 0)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+    for _ in range(5):
+        searched.step(closure)
+    assert loss_of(model, 0).item() < f0
+
+
+def test_fused_arguments_are_checked():
+    p = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match="fused=True cannot be combined with foreach=True"):
+        zoo.Adam(p, fused=True, foreach=True)
+    with pytest.raises(ValueError, match="Invalid fused"):
+        zoo.RMSprop(p, fused="yes")
+    opt = zoo.Adam(p, fused=False)
+    p[0].grad = torch.ones(3)
+    opt.step()
+    assert not opt._fused
+
+
+def test_state_dtype_policy():
+    assert _fused.state_dtype(torch.zeros(1, dtype=torch.float16)) == torch.float32
+    assert _fused.state_dtype(torch.zeros(1, dtype=torch.float64)) == torch.float64
