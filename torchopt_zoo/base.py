@@ -191,6 +191,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                     raise ValueError(f"fused=True: the fused tier cannot take this param group: {reason}; "
                                      "use fused=None to fall back to the multi-tensor tier")
                 return None
+            if group["fused"] is None and not _fused.pays_off(self._rules["fused"], params, states[0]["step"]):
+                return None
             bucket = self._fused[id(group)] = _fused.FusedBucket(group["params"], states)
         bucket.load(grads)
         return bucket

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+SMALL_NUMEL = 1 << 14
 
 
 def state_dtype(p: Tensor) -> torch.dtype:
@@ -93,6 +94,16 @@ def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[di
         return ("a parameter is not contiguous or shares its storage with another tensor "
                 "(moving it into a flat buffer would detach them)")
     return ""
+
+
+def pays_off(name: str, params: list[Tensor], step: Tensor) -> bool:
+    """Whether flat buffers beat the list tier for rule ``name``: always with a single-pass kernel
+    (Triton, or torch's fused Adam); with multi-pass torch ops only on small tensors (mean at most
+    ``SMALL_NUMEL`` elements), where per-tensor overhead dominates. On large tensors each op's
+    temporaries over one huge buffer cost more than the list tier saves (bench/step_speed.py)."""
+    first = params[0]
+    return (use_triton(first.device, first.dtype) or _has_torch_kernel(name, first, step.dtype)
+            or sum(p.numel() for p in params) <= SMALL_NUMEL * len(params))
 
 
 def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
@@ -229,11 +240,8 @@ def torch_kernel(name: str, group: dict, bucket: FusedBucket, grad: Tensor, lr: 
     """Run torch's own single-pass kernel for rule ``name`` over the bucket where torch has one
     for its device and dtype (Adam and AMSGrad: ``torch._fused_adam_``); False where it has none.
     ``grad`` is already prepared (maximize, coupled weight decay; decoupled decay is applied)."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
     param = bucket.param
-    if (name != "adam" or param.dtype in LOW_PRECISION or bucket.steps.dtype != torch.float32
-            or grad.dtype != param.dtype or param.device.type not in _get_fused_kernels_supported_devices()):
+    if grad.dtype != param.dtype or not _has_torch_kernel(name, param, bucket.steps.dtype):
         return False
     beta1, beta2 = group["betas"]
     flats = bucket.flats
@@ -242,3 +250,10 @@ def torch_kernel(name: str, group: dict, bucket: FusedBucket, grad: Tensor, lr: 
                        lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
                        amsgrad=group["amsgrad"], maximize=False)
     return True
+
+
+def _has_torch_kernel(name: str, param: Tensor, step_dtype: torch.dtype) -> bool:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return (name == "adam" and param.dtype not in LOW_PRECISION and step_dtype == torch.float32
+            and param.device.type in _get_fused_kernels_supported_devices())

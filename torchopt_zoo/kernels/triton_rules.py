@@ -73,6 +73,23 @@ def _store(ptr, offs, value, mask):
 
 
 @triton.jit
+def _first_moment(m_ptr, offs, mask, g, beta1):
+    """``m = lerp(m, g, 1 - beta1)``, stored."""
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+    m = m + (1 - beta1) * (g - m)
+    _store(m_ptr, offs, m, mask)
+    return m
+
+
+@triton.jit
+def _second_moment(v_ptr, offs, mask, x, beta2, extra):
+    """``v = beta2 v + (1 - beta2) x^2 + extra``, stored."""
+    v = beta2 * tl.load(v_ptr + offs, mask=mask, other=0.0) + (1 - beta2) * x * x + extra
+    _store(v_ptr, offs, v, mask)
+    return v
+
+
+@triton.jit
 def adam_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
                 m_ptr, v_ptr, vmax_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                 HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
@@ -81,12 +98,8 @@ def adam_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
     ``vmax = max(vmax, v)``, ``p -= lr (m/bc1) / (sqrt(v/bc2) + eps)``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-    m = m + (1 - beta1) * (g - m)
-    v = beta2 * v + (1 - beta2) * g * g
-    _store(m_ptr, offs, m, mask)
-    _store(v_ptr, offs, v, mask)
+    m = _first_moment(m_ptr, offs, mask, g, beta1)
+    v = _second_moment(v_ptr, offs, mask, g, beta2, 0.0)
     if AMSGRAD:
         v = tl.maximum(tl.load(vmax_ptr + offs, mask=mask, other=0.0), v)
         _store(vmax_ptr, offs, v, mask)
@@ -102,13 +115,8 @@ def adabelief_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
     """AdaBelief: ``m = lerp(m, g, 1-b1)``, ``s = b2 s + (1-b2) (g - m)^2 + eps``, Adam's step with ``s``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    s = tl.load(s_ptr + offs, mask=mask, other=0.0)
-    m = m + (1 - beta1) * (g - m)
-    r = g - m
-    s = beta2 * s + (1 - beta2) * r * r + eps
-    _store(m_ptr, offs, m, mask)
-    _store(s_ptr, offs, s, mask)
+    m = _first_moment(m_ptr, offs, mask, g, beta1)
+    s = _second_moment(s_ptr, offs, mask, g - m, beta2, eps)
     p = p - lr * _adam_step(m, s, step_ptr, log2_beta1, log2_beta2, eps, EPS_ORIGINAL)
     _store(p_ptr, offs, p, mask)
 
@@ -121,13 +129,9 @@ def diffgrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
     """diffGrad: Adam's moments; the step's numerator ``sigmoid(|g_prev - g|) m``; ``g_prev = g``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    m = _first_moment(m_ptr, offs, mask, g, beta1)
+    v = _second_moment(v_ptr, offs, mask, g, beta2, 0.0)
     prev = tl.load(prev_ptr + offs, mask=mask, other=0.0)
-    m = m + (1 - beta1) * (g - m)
-    v = beta2 * v + (1 - beta2) * g * g
-    _store(m_ptr, offs, m, mask)
-    _store(v_ptr, offs, v, mask)
     _store(prev_ptr, offs, g, mask)
     xi = tl.sigmoid(tl.abs(prev - g))
     p = p - lr * _adam_step(xi * m, v, step_ptr, log2_beta1, log2_beta2, eps, EPS_ORIGINAL)
@@ -157,12 +161,9 @@ def rmsprop_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr,
     ``buf = mu buf + g / avg``, ``p -= lr buf``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
-    v = alpha * tl.load(v_ptr + offs, mask=mask, other=0.0) + (1 - alpha) * g * g
-    _store(v_ptr, offs, v, mask)
+    v = _second_moment(v_ptr, offs, mask, g, alpha, 0.0)
     if CENTERED:
-        ga = tl.load(ga_ptr + offs, mask=mask, other=0.0)
-        ga = ga + (1 - alpha) * (g - ga)
-        _store(ga_ptr, offs, ga, mask)
+        ga = _first_moment(ga_ptr, offs, mask, g, alpha)
         v = v - ga * ga
     d = g / (tl.sqrt(v) + eps)
     if MOMENTUM:
@@ -191,23 +192,17 @@ def gd_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, buf_ptr, mo
 
 
 @triton.jit
-def sum_squares_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, out_ptr,
-                       HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
-                       WD: tl.constexpr, BLOCK: tl.constexpr):
-    """AdaGrad-Norm, first pass: ``b^2 += sum g^2`` (one atomic add per block)."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
-    _, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
-    tl.atomic_add(out_ptr, tl.sum(g * g, axis=0))
-
-
-@triton.jit
 def adagrad_norm_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, b2_ptr,
                         HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
-                        WD: tl.constexpr, BLOCK: tl.constexpr):
-    """AdaGrad-Norm, second pass: ``p -= lr g / sqrt(b^2)``."""
+                        WD: tl.constexpr, NORM_PASS: tl.constexpr, BLOCK: tl.constexpr):
+    """AdaGrad-Norm in two launches: ``NORM_PASS``: ``b^2 += sum g^2`` (one atomic add per block);
+    then ``p -= lr g / sqrt(b^2)``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
-    _store(p_ptr, offs, p - lr * g / tl.sqrt(tl.load(b2_ptr)), mask)
+    if NORM_PASS:
+        tl.atomic_add(b2_ptr, tl.sum(g * g, axis=0))
+    else:
+        _store(p_ptr, offs, p - lr * g / tl.sqrt(tl.load(b2_ptr)), mask)
 
 
 def _log2(beta: float) -> float:
@@ -240,7 +235,7 @@ def _args(name, group, flats, group_state):
         return ([flats.get("momentum_buffer")], [group["momentum"], group["dampening"]],
                 {"MOMENTUM": group["momentum"] > 0, "NESTEROV": group["nesterov"]})
     if name == "adagrad_norm":
-        return [group_state["norm_sum_sq"]], [], {}
+        return [group_state["norm_sum_sq"]], [], {"NORM_PASS": False}
     raise KeyError(name)
 
 
@@ -265,7 +260,7 @@ def step(name: str, group: dict, bucket, lr: float, group_state: dict,
             param if found_inf is None else found_inf, n, lr, wd)
     bucket.steps.add_(1)
     if name == "adagrad_norm":
-        sum_squares_kernel[grid](*head, tensors[0], **common)
+        adagrad_norm_kernel[grid](*head, *tensors, **common, NORM_PASS=True)
     KERNELS[name][grid](*head, *tensors, *scalars, **common, **flags)
     if found_inf is not None:
         bucket.steps.sub_(found_inf.to(bucket.steps.dtype))
