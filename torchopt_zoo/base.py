@@ -55,7 +55,7 @@ def _scalar_dtype() -> torch.dtype:
 
 
 class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
-    """Base class: subclasses set ``_rules`` (``{"reference": fn, "foreach": fn}``), implement
+    """Base class: subclasses set ``_rules`` (``{"reference": fn, "foreach": fn, "fused": name}``), implement
     :meth:`_new_state` and :meth:`_check_group`, and pass their defaults (which must include
     ``lr``, ``weight_decay``, ``maximize``, ``decoupled_weight_decay``, ``foreach`` and ``fused``);
     ``_rules["fused"]`` names the rule's fused kernel (:mod:`torchopt_zoo.kernels.triton_rules`)."""

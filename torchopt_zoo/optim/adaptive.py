@@ -1,6 +1,7 @@
 """The adaptive-gradient family: Adam, AdamW, AMSGrad, Adagrad, AdaGradNorm, RMSprop, AdaBelief,
 diffGrad. Constructor arguments follow ``torch.optim`` where torch has the optimizer; the update
-rules are in :mod:`torchopt_zoo.kernels.reference` (readable) and ``.foreach`` (fast)."""
+rules are in :mod:`torchopt_zoo.kernels.reference` (readable), ``.foreach`` (multi-tensor) and
+``.triton_rules`` (the fused tier's kernels)."""
 
 from __future__ import annotations
 
