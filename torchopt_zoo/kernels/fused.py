@@ -41,6 +41,7 @@ import os
 
 import torch
 from torch import Tensor
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 SMALL_NUMEL = 1 << 14
@@ -130,8 +131,10 @@ class FusedBucket:
         first = params[0]
         self.param = _adopt(params)
         if self.param is None:
-            self.param = torch.empty(sum(self.numels), dtype=first.dtype, device=first.device)
-            _rebind(params, self.param, self.numels)
+            self.param, views = _flat_copy(params, self.numels, first.dtype)
+            for p, view in zip(params, views):
+                p.data = view
+            del views, view  # the fast path counts the tensors on the flat storage
         self.offsets = [0]
         for n in self.numels[:-1]:
             self.offsets.append(self.offsets[-1] + n)
@@ -139,7 +142,9 @@ class FusedBucket:
         for key, value in states[0].items():
             if key != "step" and isinstance(value, Tensor) and all(
                     isinstance(s.get(key), Tensor) and s[key].shape == p.shape for s, p in zip(states, params)):
-                self.flats[key] = _flatten_state(states, key, params, self.numels, state_dtype(first))
+                self.flats[key], views = _flat_copy([s[key] for s in states], self.numels, state_dtype(first))
+                for state, view in zip(states, views):
+                    state[key] = view
         self.steps = torch.stack([s["step"] for s in states]).to(first.device)
         for state, view in zip(states, self.steps.unbind()):
             state["step"] = view
@@ -180,10 +185,10 @@ class FusedBucket:
     def load(self, grads: list[Tensor]) -> None:
         """Copy into the flat gradient buffer every gradient that is not already a view of it."""
         outside = self._outside(self.grad, grads)
-        views = self.grad.split(self.numels)
         if outside:
+            views = self.grad.split(self.numels)
             torch._foreach_copy_([views[i] for i in outside], [grads[i].reshape(-1) for i in outside])
-        del views
+            del views  # before _record counts the tensors on the gradient storage
         self.grads_bound = not outside
         self._record()
 
@@ -222,18 +227,12 @@ class FusedBucket:
         self._grad_version = self.grad._version
 
 
-def _rebind(params: list[Tensor], flat: Tensor, numels: list[int]) -> None:
-    for p, view in zip(params, flat.split(numels)):
-        view.copy_(p.detach().reshape(-1))
-        p.data = view.view(p.shape)
-
-
-def _flatten_state(states, key, params, numels, dtype) -> Tensor:
-    flat = torch.empty(sum(numels), dtype=dtype, device=params[0].device)
-    for state, view, p in zip(states, flat.split(numels), params):
-        view.copy_(state[key].reshape(-1))
-        state[key] = view.view(p.shape)
-    return flat
+def _flat_copy(tensors: list[Tensor], numels: list[int], dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
+    """A new flat buffer holding ``tensors`` in order (as ``dtype``), and its views shaped like them."""
+    flat = torch.empty(sum(numels), dtype=dtype, device=tensors[0].device)
+    views = [v.view(t.shape) for v, t in zip(flat.split(numels), tensors)]
+    torch._foreach_copy_(views, [t.detach() for t in tensors])
+    return flat, views
 
 
 def torch_kernel(name: str, group: dict, bucket: FusedBucket, grad: Tensor, lr: float) -> bool:
@@ -253,7 +252,5 @@ def torch_kernel(name: str, group: dict, bucket: FusedBucket, grad: Tensor, lr: 
 
 
 def _has_torch_kernel(name: str, param: Tensor, step_dtype: torch.dtype) -> bool:
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
     return (name == "adam" and param.dtype not in LOW_PRECISION and step_dtype == torch.float32
             and param.device.type in _get_fused_kernels_supported_devices())
