@@ -45,6 +45,16 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 SMALL_NUMEL = 1 << 14
+# Flat buffers are zero-padded to a multiple of PAD elements: Triton's JIT then specialises their
+# length as divisible by 16 and emits 128-bit accesses (tests/test_triton_codegen.py). Padding
+# starts at zero in every buffer; every rule keeps a parameter with zero gradient and zero state at
+# zero, and no view of the padding is ever handed out.
+PAD = 16
+
+
+def padded(numel: int) -> int:
+    """``numel`` rounded up to a multiple of :data:`PAD`."""
+    return -(-numel // PAD) * PAD
 
 
 def state_dtype(p: Tensor) -> torch.dtype:
@@ -58,7 +68,8 @@ def _use_count(t: Tensor) -> int:
 
 
 def _adopt(tensors: list[Tensor | None]) -> Tensor | None:
-    """The flat tensor behind ``tensors`` when they lie in order, contiguous, over one whole storage."""
+    """The flat (padded) tensor behind ``tensors`` when they lie in order, contiguous, over one whole
+    storage of :func:`padded` length."""
     if any(t is None or not t.is_contiguous() for t in tensors):
         return None
     first = tensors[0]
@@ -70,9 +81,9 @@ def _adopt(tensors: list[Tensor | None]) -> Tensor | None:
                 or t.untyped_storage().data_ptr() != storage.data_ptr()):
             return None
         offset += t.numel()
-    if offset * first.element_size() != storage.nbytes():
+    if padded(offset) * first.element_size() != storage.nbytes():
         return None
-    return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, 0, (offset,))
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, 0, (padded(offset),))
 
 
 def _owns_storage(p: Tensor) -> bool:
@@ -186,7 +197,7 @@ class FusedBucket:
         """Copy into the flat gradient buffer every gradient that is not already a view of it."""
         outside = self._outside(self.grad, grads)
         if outside:
-            views = self.grad.split(self.numels)
+            views = self.grad[:sum(self.numels)].split(self.numels)
             torch._foreach_copy_([views[i] for i in outside], [grads[i].reshape(-1) for i in outside])
             del views  # before _record counts the tensors on the gradient storage
         self.grads_bound = not outside
@@ -228,9 +239,12 @@ class FusedBucket:
 
 
 def _flat_copy(tensors: list[Tensor], numels: list[int], dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
-    """A new flat buffer holding ``tensors`` in order (as ``dtype``), and its views shaped like them."""
-    flat = torch.empty(sum(numels), dtype=dtype, device=tensors[0].device)
-    views = [v.view(t.shape) for v, t in zip(flat.split(numels), tensors)]
+    """A new flat buffer holding ``tensors`` in order (as ``dtype``, zero-padded to :func:`padded`
+    length), and its views shaped like them."""
+    total = sum(numels)
+    flat = torch.empty(padded(total), dtype=dtype, device=tensors[0].device)
+    flat[total:].zero_()
+    views = [v.view(t.shape) for v, t in zip(flat[:total].split(numels), tensors)]
     torch._foreach_copy_(views, [t.detach() for t in tensors])
     return flat, views
 

@@ -29,8 +29,11 @@ BLOCK = 2048
 
 
 @triton.jit
-def _block(inf_ptr, n, BLOCK: tl.constexpr, HAS_INF: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _block(inf_ptr, n, BLOCK: tl.constexpr, HAS_INF: tl.constexpr, LARGE: tl.constexpr):
+    pid = tl.program_id(0)
+    if LARGE:  # offsets past 2**31 need 64-bit arithmetic
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     if HAS_INF:  # found_inf: no element is in range
         n = tl.where(tl.load(inf_ptr) == 0, n, 0)
     return offs, offs < n
@@ -93,10 +96,10 @@ def _second_moment(v_ptr, offs, mask, x, beta2, extra):
 def adam_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
                 m_ptr, v_ptr, vmax_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                 HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                AMSGRAD: tl.constexpr, EPS_ORIGINAL: tl.constexpr, BLOCK: tl.constexpr):
+                AMSGRAD: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """Adam / AdamW / AMSGrad: ``m = lerp(m, g, 1-b1)``, ``v = b2 v + (1-b2) g^2``,
     ``vmax = max(vmax, v)``, ``p -= lr (m/bc1) / (sqrt(v/bc2) + eps)``."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
+    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     m = _first_moment(m_ptr, offs, mask, g, beta1)
     v = _second_moment(v_ptr, offs, mask, g, beta2, 0.0)
@@ -111,9 +114,9 @@ def adam_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
 def adabelief_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
                      m_ptr, s_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                      HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                     EPS_ORIGINAL: tl.constexpr, BLOCK: tl.constexpr):
+                     EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """AdaBelief: ``m = lerp(m, g, 1-b1)``, ``s = b2 s + (1-b2) (g - m)^2 + eps``, Adam's step with ``s``."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
+    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     m = _first_moment(m_ptr, offs, mask, g, beta1)
     s = _second_moment(s_ptr, offs, mask, g - m, beta2, eps)
@@ -125,9 +128,9 @@ def adabelief_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
 def diffgrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
                     m_ptr, v_ptr, prev_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                    EPS_ORIGINAL: tl.constexpr, BLOCK: tl.constexpr):
+                    EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """diffGrad: Adam's moments; the step's numerator ``sigmoid(|g_prev - g|) m``; ``g_prev = g``."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
+    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     m = _first_moment(m_ptr, offs, mask, g, beta1)
     v = _second_moment(v_ptr, offs, mask, g, beta2, 0.0)
@@ -141,9 +144,9 @@ def diffgrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
 @triton.jit
 def adagrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, s_ptr, lr_decay, eps,
                    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """AdaGrad: ``s += g^2``, ``p -= lr / (1 + (t-1) lr_decay) g / (sqrt(s) + eps)``."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
+    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     s = tl.load(s_ptr + offs, mask=mask, other=0.0) + g * g
     _store(s_ptr, offs, s, mask)
@@ -156,10 +159,10 @@ def adagrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, s_ptr,
 def rmsprop_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr, ga_ptr, buf_ptr,
                    alpha, eps, momentum,
                    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                   CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, BLOCK: tl.constexpr):
+                   CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """RMSprop: ``v = a v + (1-a) g^2``, ``avg = sqrt(v [- ga^2]) + eps``; ``p -= lr g / avg``, or
     ``buf = mu buf + g / avg``, ``p -= lr buf``."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
+    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     v = _second_moment(v_ptr, offs, mask, g, alpha, 0.0)
     if CENTERED:
@@ -175,10 +178,10 @@ def rmsprop_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr,
 @triton.jit
 def gd_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, buf_ptr, momentum, dampening,
               HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-              MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, BLOCK: tl.constexpr):
+              MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """GD / heavy ball: ``buf = g`` at t = 1, else ``mu buf + (1-dampening) g``; ``p -= lr buf``
     (``nesterov``: ``p -= lr (g + mu buf)``)."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
+    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     d = g
     if MOMENTUM:
@@ -194,10 +197,10 @@ def gd_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, buf_ptr, mo
 @triton.jit
 def adagrad_norm_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, b2_ptr,
                         HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
-                        WD: tl.constexpr, NORM_PASS: tl.constexpr, BLOCK: tl.constexpr):
+                        WD: tl.constexpr, NORM_PASS: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """AdaGrad-Norm in two launches: ``NORM_PASS``: ``b^2 += sum g^2`` (one atomic add per block);
     then ``p -= lr g / sqrt(b^2)``."""
-    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF)
+    offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     if NORM_PASS:
         tl.atomic_add(b2_ptr, tl.sum(g * g, axis=0))
@@ -244,23 +247,32 @@ KERNELS = {"adam": adam_kernel, "adabelief": adabelief_kernel, "diffgrad": diffg
            "adagrad_norm": adagrad_norm_kernel}
 
 
-def step(name: str, group: dict, bucket, lr: float, group_state: dict,
-         grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
-    """One step of rule ``name`` over ``bucket`` (a :class:`~.fused.FusedBucket`)."""
+def launches(name: str, group: dict, bucket, lr: float, group_state: dict,
+             grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> list[tuple]:
+    """The kernel launches of one step of rule ``name`` over ``bucket`` (a
+    :class:`~.fused.FusedBucket`): ``(kernel, grid, args, constexprs)``, in order."""
     param = bucket.param
     tensors, scalars, flags = _args(name, group, bucket.flats, group_state)
     tensors = [param if t is None else t for t in tensors]  # placeholders the flags never touch
     wd = group["weight_decay"]
+    n = param.numel()  # a multiple of fused.PAD, so the JIT specialises it and vectorises the accesses
     common = dict(HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
                   MAXIMIZE=group["maximize"], WD=0 if wd == 0 else 2 if group["decoupled_weight_decay"] else 1,
-                  BLOCK=BLOCK)
-    n = param.numel()
+                  LARGE=n > 2**31 - 1 - BLOCK, BLOCK=BLOCK)
     grid = (triton.cdiv(n, BLOCK),)
     head = (param, bucket.grad, bucket.steps, param if grad_scale is None else grad_scale,
             param if found_inf is None else found_inf, n, lr, wd)
+    norm_pass = [(adagrad_norm_kernel, grid, (*head, *tensors), {**common, "NORM_PASS": True})]
+    return (norm_pass if name == "adagrad_norm" else []) + [
+        (KERNELS[name], grid, (*head, *tensors, *scalars), {**common, **flags})]
+
+
+def step(name: str, group: dict, bucket, lr: float, group_state: dict,
+         grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
+    """One step of rule ``name`` over ``bucket``: advance the step counts, launch the kernels, and
+    take the count back where ``found_inf`` is set (all on the device)."""
     bucket.steps.add_(1)
-    if name == "adagrad_norm":
-        adagrad_norm_kernel[grid](*head, *tensors, **common, NORM_PASS=True)
-    KERNELS[name][grid](*head, *tensors, *scalars, **common, **flags)
+    for kernel, grid, args, constexprs in launches(name, group, bucket, lr, group_state, grad_scale, found_inf):
+        kernel[grid](*args, **constexprs)
     if found_inf is not None:
         bucket.steps.sub_(found_inf.to(bucket.steps.dtype))
