@@ -29,14 +29,17 @@ def make_groups(tensors, n_groups):
 
 def run(cfg, init, grads, n_groups, *, bind=False, **tier):
     """Parameters and optimizer after ``len(grads)`` steps. ``bind``: gradients arrive as autograd
-    delivers them after ``zero_grad(set_to_none=False)``, accumulated into the existing ``p.grad``."""
+    delivers them after ``zero_grad(set_to_none=False)``, accumulated into the existing ``p.grad``.
+    A parameter whose gradients are None is frozen (``requires_grad=False``)."""
     cls, kw = cfg
-    params = [t.clone().requires_grad_(True) for t in init]
+    params = [t.clone().requires_grad_(g is not None) for t, g in zip(init, grads[0])]
     opt = cls(make_groups(params, n_groups), **tier, **kw)
     for step_grads in grads:
         if bind:
             opt.zero_grad(set_to_none=False)
         for p, g in zip(params, step_grads):
+            if g is None:
+                continue
             if bind and p.grad is not None:
                 p.grad.add_(g)
             else:
@@ -58,11 +61,18 @@ def assert_same_run(a, b, tol):
 
 
 def draw(data, dtype):
+    """Initial values and per-step gradients (None for a frozen parameter); some tensors take a
+    second dtype (``float32``, or ``bfloat16`` beside ``float32``), so groups mix dtypes."""
     shape_list, n_groups = data.draw(shapes), data.draw(layouts)
     steps, seed = data.draw(st.integers(1, 3)), data.draw(st.integers(0, 2**31 - 1))
+    other = torch.bfloat16 if dtype == torch.float32 else torch.float32
+    dtypes = data.draw(st.lists(st.sampled_from([dtype, dtype, other]), min_size=len(shape_list),
+                                max_size=len(shape_list)))
+    frozen = data.draw(st.lists(st.booleans(), min_size=len(shape_list), max_size=len(shape_list)))
     gen = torch.Generator().manual_seed(seed)
-    init = [torch.randn(s, generator=gen).to(dtype) for s in shape_list]
-    grads = [[torch.randn(s, generator=gen).to(dtype) for s in shape_list] for _ in range(steps)]
+    init = [torch.randn(s, generator=gen).to(d) for s, d in zip(shape_list, dtypes)]
+    grads = [[None if f else torch.randn(s, generator=gen).to(d) for s, d, f in zip(shape_list, dtypes, frozen)]
+             for _ in range(steps)]
     return init, grads, n_groups
 
 
@@ -75,9 +85,18 @@ def check_fused_matches_reference(cfg, data, dtype, triton):
     bind = data.draw(st.booleans())
     ref = run(cfg, init, grads, n_groups, foreach=False)
     out = run(cfg, init, grads, n_groups, bind=bind)
-    buckets = list(out[1]._fused.values())
-    assert len(buckets) == len(out[1].param_groups) and all(b.triton == triton for b in buckets)
-    assert_same_run(ref, out, TOL[dtype])
+    opt = out[1]
+    for group in opt.param_groups:  # one bucket per dtype of the trainable parameters; frozen ones stay out
+        dtypes = list(dict.fromkeys(p.dtype for p in group["params"] if p.requires_grad))
+        fused = opt._fused.get(id(group))
+        if not dtypes or (len(dtypes) > 1 and opt._group_wide_state):
+            assert fused is None
+            continue
+        assert [b.param.dtype for b in fused.buckets] == dtypes
+        assert all(b.triton == (triton and b.param.dtype != torch.float64) for b in fused.buckets)
+        assert fused.frozen == [p for p in group["params"] if not p.requires_grad]
+    tol = max((TOL[t.dtype] for t in init), key=lambda d: d["rtol"])
+    assert_same_run(ref, out, tol)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
@@ -116,14 +135,14 @@ def test_gradients_land_in_the_flat_buffer_and_the_step_takes_the_fast_path(back
     model, twin = mlp(), mlp()
     opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
     slow_steps = []
-    original = opt._fused_bucket
-    monkeypatch.setattr(opt, "_fused_bucket", lambda *a: slow_steps.append(1) or original(*a))
+    original = opt._fused_group
+    monkeypatch.setattr(opt, "_fused_group", lambda *a: slow_steps.append(1) or original(*a))
     for i in range(6):
         for m, o in ((model, opt), (twin, ref)):
             o.zero_grad(set_to_none=False)
             loss_of(m, i).backward()
             o.step()
-    (bucket,) = opt._fused.values()
+    ((bucket,),) = [f.buckets for f in opt._fused.values()]
     assert bucket.triton == backend
     assert len(slow_steps) == 1  # the first step makes the bucket; zero_grad then binds the gradients
     base, size = bucket.grad.data_ptr(), bucket.grad.element_size()
@@ -225,7 +244,7 @@ def test_low_precision_parameters_keep_float32_state(backend):
         x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
         model(x).float().square().mean().backward()
         opt.step()
-    (bucket,) = opt._fused.values()
+    ((bucket,),) = [f.buckets for f in opt._fused.values()]
     assert bucket.param.dtype == torch.bfloat16 and bucket.flats["exp_avg"].dtype == torch.float32
     state = opt.state_dict()["state"][0]
     assert state["exp_avg"].dtype == torch.float32
@@ -295,6 +314,71 @@ def test_line_search_runs_over_a_fused_group():
     for _ in range(5):
         searched.step(closure)
     assert loss_of(model, 0).item() < f0
+
+
+class MixedNet(torch.nn.Module):
+    """A bf16 layer, a float32 layer and a frozen float32 layer: one param group, two dtypes."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.low = torch.nn.Linear(6, 5).to(torch.bfloat16)
+        self.high = torch.nn.Linear(5, 4)
+        self.frozen = torch.nn.Linear(4, 3).requires_grad_(False)
+
+    def forward(self, x):
+        return self.frozen(self.high(torch.tanh(self.low(x.to(torch.bfloat16)).float())))
+
+
+def train(pairs, steps, set_to_none=False):
+    for i in steps:
+        for m, o in pairs:
+            o.zero_grad(set_to_none=set_to_none)
+            loss_of(m, i).backward()
+            o.step()
+
+
+def assert_close_models(a, b, dtype=torch.float32):
+    """Parameters as close as ``dtype`` arithmetic in the forward pass allows."""
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x.float(), y.float(), **TOL[dtype])
+
+
+def test_a_group_mixing_dtypes_with_frozen_parameters_takes_the_fast_path(config, backend, monkeypatch):
+    cls, kw = config
+    model, twin = MixedNet(), MixedNet()
+    opt, ref = cls(model.parameters(), lr=0.01, **kw), cls(twin.parameters(), lr=0.01, foreach=False, **kw)
+    slow_steps = []
+    original = opt._fused_group
+    monkeypatch.setattr(opt, "_fused_group", lambda *a: slow_steps.append(1) or original(*a))
+    train([(model, opt), (twin, ref)], range(5))
+    assert_close_models(model, twin, torch.bfloat16)
+    if opt._group_wide_state:  # AdaGrad-Norm's norm spans the group: one dtype per fused group
+        assert not opt._fused
+        return
+    (fused,) = opt._fused.values()
+    assert [b.param.dtype for b in fused.buckets] == [torch.bfloat16, torch.float32]
+    assert fused.frozen == list(model.frozen.parameters())
+    assert len(slow_steps) == 1  # built once; afterwards every step is the fast path
+
+
+def test_freezing_a_parameter_rebuilds_the_buckets_and_moves_no_foreign_tensor(backend):
+    model, twin = mlp(), mlp()
+    opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
+    train([(model, opt), (twin, ref)], range(3))
+    for m in (model, twin):  # freeze the first layer
+        for p in m[0].parameters():
+            p.requires_grad_(False)
+            p.grad = None
+    train([(model, opt), (twin, ref)], range(3, 6))
+    (fused,) = opt._fused.values()
+    assert fused.frozen == list(model[0].parameters()) and len(fused.buckets[0].members) == 2
+    assert_close_models(model, twin)
+    for m in (model, twin):  # a frozen parameter given a gradient is stepped (fast path or not)
+        m[0].weight.grad = torch.ones_like(m[0].weight)
+    opt.step()
+    ref.step()
+    assert_close_models(model, twin)
 
 
 def test_fused_arguments_are_checked():

@@ -58,9 +58,11 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
     """Base class: subclasses set ``_rules`` (``{"reference": fn, "foreach": fn, "fused": name}``), implement
     :meth:`_new_state` and :meth:`_check_group`, and pass their defaults (which must include
     ``lr``, ``weight_decay``, ``maximize``, ``decoupled_weight_decay``, ``foreach`` and ``fused``);
-    ``_rules["fused"]`` names the rule's fused kernel (:mod:`torchopt_zoo.kernels.triton_rules`)."""
+    ``_rules["fused"]`` names the rule's fused kernel (:mod:`torchopt_zoo.kernels.triton_rules`).
+    A rule with state over the whole group (:meth:`_shared_state`) sets ``_group_wide_state``."""
 
     _rules: ClassVar[dict[str, Callable]]
+    _group_wide_state: ClassVar[bool] = False
     _pickled = ("line_search",)
 
     def __init__(self, params, defaults: dict[str, Any], line_search: Backtracking | None = None) -> None:
@@ -68,7 +70,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             raise TypeError(f"line_search must be None or torchopt_zoo.stepsize.Backtracking(...), "
                             f"got {type(line_search).__name__}")
         self.line_search = line_search
-        self._fused: dict[int, _fused.FusedBucket] = {}
+        self._fused: dict[int, _fused.FusedGroup] = {}
         # torch.amp.GradScaler then passes grad_scale/found_inf to step() instead of unscaling p.grad
         self._step_supports_amp_scaling = line_search is None
         super().__init__(params, defaults)
@@ -179,37 +181,48 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 grads = [g.add(p, alpha=wd) for g, p in zip(grads, params)]
         return params, grads
 
-    def _fused_bucket(self, group, params, grads, states) -> _fused.FusedBucket | None:
-        """The group's fused bucket, holding ``grads``, or None when the group does not qualify
+    def _fused_group(self, group, params, grads, states) -> _fused.FusedGroup | None:
+        """The group's fused buckets, holding ``grads``, or None when the group does not qualify
         at this step (see :mod:`torchopt_zoo.kernels.fused`)."""
-        bucket = self._fused.get(id(group))
-        if bucket is None or not bucket.holds(group["params"], params):
-            reason = _fused.ineligible(group["params"], params, states)
+        fused = self._fused.get(id(group))
+        if fused is None or not fused.holds(group["params"], params):
+            # give the old buckets up first: their buffers would count as tensors sharing the storage
+            self._fused.pop(id(group), None)
+            fused = None
+            reason = _fused.ineligible(group["params"], params, states, self._group_wide_state)
             if reason:
-                self._fused.pop(id(group), None)
                 if group["fused"]:
                     raise ValueError(f"fused=True: the fused tier cannot take this param group: {reason}; "
                                      "use fused=None to fall back to the multi-tensor tier")
                 return None
             if group["fused"] is None and not _fused.pays_off(self._rules["fused"], params, states[0]["step"]):
                 return None
-            bucket = self._fused[id(group)] = _fused.FusedBucket(group["params"], states)
-        bucket.load(grads)
-        return bucket
+            fused = self._fused[id(group)] = _fused.FusedGroup(group["params"], params, states)
+        fused.load(params, grads)
+        return fused
 
-    def _fused_step(self, group, bucket, grad_scale, found_inf) -> None:
+    def _fused_fast(self, group, grad_scale, found_inf) -> bool:
+        """The fused step on the O(1) path, where nothing changed since the last step; False if not taken."""
+        fused = self._fused.get(id(group))
+        if fused is None or not fused.intact(group["params"]):
+            return False
+        self._fused_step(group, fused, grad_scale, found_inf)
+        return True
+
+    def _fused_step(self, group, fused, grad_scale, found_inf) -> None:
         lr = as_float("lr", group["lr"])
-        if bucket.triton:
-            from .kernels import triton_rules
-            triton_rules.step(self._rules["fused"], group, bucket, lr, self._shared_state(group),
-                              grad_scale, found_inf)
-        elif found_inf is None or not found_inf.item():
-            steps = bucket.advance()
-            _, grads = self._prepare(group, [bucket.param], [bucket.grad], "foreach", grad_scale)
-            if not _fused.torch_kernel(self._rules["fused"], group, bucket, grads[0], lr):
-                d = self._direction(self._rules["foreach"], group, [bucket.param], grads, [bucket.flats], steps)
-                _direction.apply_foreach([bucket.param], d, lr)
-        bucket.stepped()
+        for bucket in fused.buckets:
+            if bucket.triton:
+                from .kernels import triton_rules
+                triton_rules.step(self._rules["fused"], group, bucket, lr, self._shared_state(group),
+                                  grad_scale, found_inf)
+            elif found_inf is None or not found_inf.item():
+                steps = bucket.advance()
+                _, grads = self._prepare(group, [bucket.param], [bucket.grad], "foreach", grad_scale)
+                if not _fused.torch_kernel(self._rules["fused"], group, bucket, grads[0], lr):
+                    d = self._direction(self._rules["foreach"], group, [bucket.param], grads, [bucket.flats], steps)
+                    _direction.apply_foreach([bucket.param], d, lr)
+            bucket.stepped()
 
     def _direction(self, rule, group, params, grads, states, steps) -> _direction.Direction:
         return rule(group, params, grads, states, steps)
@@ -244,9 +257,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             return super().zero_grad(set_to_none)
         rest = []
         for group in self.param_groups:
-            bucket = self._fused.get(id(group))
-            if bucket is not None and bucket.group_list is group["params"]:
-                rest += bucket.zero_grads()
+            fused = self._fused.get(id(group))
+            if fused is not None and fused.group_list is group["params"]:
+                rest += fused.zero_grads()
             else:
                 rest += [p.grad for p in group["params"] if p.grad is not None]
         for g in rest:
@@ -384,18 +397,16 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         skip = None  # whether found_inf is set, read once, only if a non-fused group needs it
         for group in self.param_groups:
-            bucket = self._fused.get(id(group))
-            if bucket is not None and bucket.intact(group["params"]) and self._tier(group) == "fused":
-                self._fused_step(group, bucket, grad_scale, found_inf)
+            if self._tier(group) == "fused" and self._fused_fast(group, grad_scale, found_inf):
                 continue
             params, grads, states = self._collect(group)
             if not params:
                 continue
             tier = self._tier(group)
             if tier == "fused":
-                bucket = self._fused_bucket(group, params, grads, states)
-                if bucket is not None:
-                    self._fused_step(group, bucket, grad_scale, found_inf)
+                fused = self._fused_group(group, params, grads, states)
+                if fused is not None:
+                    self._fused_step(group, fused, grad_scale, found_inf)
                     continue
             if skip is None:
                 skip = found_inf is not None and bool(found_inf.item())

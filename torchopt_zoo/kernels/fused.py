@@ -1,9 +1,12 @@
 """The fused tier: a param group's parameters, gradients and state in flat buffers, one pass per step.
 
-Layout (:class:`FusedBucket`, one per param group). At the group's first fused step
+Layout (:class:`FusedGroup`, one per param group: a :class:`FusedBucket` per device and dtype of
+its parameters that have gradients; frozen parameters, ``requires_grad=False``, stay out). At the
+group's first fused step
 
-* the parameters move into one flat buffer: each ``p.data`` is rebound to a view of it, so the
-  ``Parameter`` objects, the modules holding them and their values stay the same;
+* the parameters move into one flat buffer per bucket (for the Triton kernels zero-padded to a
+  multiple of :data:`PAD` elements): each ``p.data`` is rebound to a view of it, so the ``Parameter`` objects, the modules
+  holding them and their values stay the same;
 * every state key (``exp_avg``, ...) gets one flat buffer, float32 for bf16/fp16 parameters, and the
   per-parameter entries of ``optimizer.state`` become views of it (``state_dict()`` and torch
   interchange see ordinary per-parameter tensors); the ``step`` counters too (0-dim views, on the
@@ -14,17 +17,19 @@ Layout (:class:`FusedBucket`, one per param group). At the group's first fused s
   gradient (``None`` after ``zero_grad()``, then a fresh one from autograd, or a tensor the user
   assigned) is copied in with one multi-tensor copy. The step only reads ``p.grad``.
 
-A group qualifies when all its parameters share one device and one real floating dtype, are
-contiguous and are each the only tensor on their storage (so rebinding cannot detach a tensor that
-shares it), or already lie in order in one of our flat buffers (after ``load_state_dict``); at a
-step every parameter must have a dense gradient and the same step count. Otherwise the step takes
-the multi-tensor list tier.
+A group qualifies when its parameters are of real floating dtypes and contiguous, and no tensor
+outside the group shares their storage (so rebinding cannot detach it), or they already lie in
+order in one of our flat buffers (after ``load_state_dict``); at a step every parameter that
+requires grad must have a dense gradient, those of a bucket the same step count, and a rule with
+state over the whole group (AdaGrad-Norm) takes one bucket. Otherwise the step takes the
+multi-tensor list tier.
 
-The fast path does O(1) host work per group, so that on CUDA a step over thousands of tensors is one
-kernel launch: it is taken when the use counts of the flat parameter and gradient storages show that
-no parameter or gradient was rebound since the bucket last checked them, and the gradient buffer
-was written (its version counter moved) since the last step. Anything else goes through
-:meth:`FusedBucket.holds`, which checks every parameter. (Not caught: a gradient replaced while
+The fast path does O(1) host work per bucket (plus one ``p.grad is None`` per frozen parameter), so
+that on CUDA a step over thousands of tensors is one kernel launch per device and dtype: it is taken
+when the use counts of the flat parameter and gradient storages show that no parameter or gradient
+was rebound since the bucket last checked them, and the gradient buffer was written (its version
+counter moved) since the last step. Anything else goes through :meth:`FusedGroup.holds`, which
+checks every parameter. (Not caught: a gradient replaced while
 the code still holds a reference to the old one, and a gradient buffer written since the last step.)
 
 Kernels: on CUDA one Triton kernel per rule for float32/bf16/fp16 parameters
@@ -45,10 +50,12 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 SMALL_NUMEL = 1 << 14
-# Flat buffers are zero-padded to a multiple of PAD elements: Triton's JIT then specialises their
-# length as divisible by 16 and emits 128-bit accesses (tests/test_triton_codegen.py). Padding
-# starts at zero in every buffer; every rule keeps a parameter with zero gradient and zero state at
-# zero, and no view of the padding is ever handed out.
+# The Triton kernels' flat buffers are zero-padded to a multiple of PAD elements: Triton's JIT then
+# specialises their length as divisible by 16 and emits 128-bit accesses (tests/test_triton_codegen.py).
+# Padding starts at zero in every buffer; every rule keeps a parameter with zero gradient and zero
+# state at zero, and no view of the padding is ever handed out. Torch's CPU kernel gets unpadded
+# buffers: it splits a buffer into vector and scalar parts by its length, and with the same split
+# as over the separate tensors its results stay bitwise torch's fused Adam's (tests/test_torch_parity.py).
 PAD = 16
 
 
@@ -68,8 +75,8 @@ def _use_count(t: Tensor) -> int:
 
 
 def _adopt(tensors: list[Tensor | None]) -> Tensor | None:
-    """The flat (padded) tensor behind ``tensors`` when they lie in order, contiguous, over one whole
-    storage of :func:`padded` length."""
+    """The flat tensor behind ``tensors`` when they lie in order, contiguous, over one whole
+    storage of their total or :func:`padded` length."""
     if any(t is None or not t.is_contiguous() for t in tensors):
         return None
     first = tensors[0]
@@ -81,30 +88,58 @@ def _adopt(tensors: list[Tensor | None]) -> Tensor | None:
                 or t.untyped_storage().data_ptr() != storage.data_ptr()):
             return None
         offset += t.numel()
-    if padded(offset) * first.element_size() != storage.nbytes():
+    length = storage.nbytes() // first.element_size()
+    if length not in (offset, padded(offset)):
         return None
-    return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, 0, (padded(offset),))
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, 0, (length,))
 
 
-def _owns_storage(p: Tensor) -> bool:
-    return (p.is_contiguous() and p.storage_offset() == 0 and _use_count(p) == 2
-            and p.untyped_storage().nbytes() == p.numel() * p.element_size())
+def partition(params: list[Tensor], companions: list) -> list[tuple[list[Tensor], list]]:
+    """``params`` and their companions (states, gradients) split by the parameters' device and
+    dtype, in order of first appearance."""
+    parts: dict[tuple, tuple[list, list]] = {}
+    for p, s in zip(params, companions):
+        ps, ss = parts.setdefault((p.device, p.dtype), ([], []))
+        ps.append(p)
+        ss.append(s)
+    return list(parts.values())
 
 
-def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[dict]) -> str:
-    """Why the group cannot take the fused tier at this step ('' when it can)."""
-    if len(params) != len(group_params):
-        return "not every parameter of the group has a gradient"
-    first, step = params[0], states[0]["step"]
-    if not first.is_floating_point():
-        return f"parameters of dtype {first.dtype} (the fused tier takes real floating dtypes)"
-    if any(p.device != first.device or p.dtype != first.dtype for p in params):
-        return "the group mixes devices or dtypes"
-    if any(s["step"] != step for s in states):
-        return "the parameters have taken different numbers of steps"
-    if _adopt(params) is None and not all(_owns_storage(p) for p in params):
-        return ("a parameter is not contiguous or shares its storage with another tensor "
-                "(moving it into a flat buffer would detach them)")
+def _movable(params: list[Tensor], group_params: list[Tensor]) -> bool:
+    """Whether rebinding ``params`` to views of a new buffer detaches no other tensor: each is
+    contiguous, and every tensor on its storage is a parameter of the group (the storage of a
+    bucket that was given up, say), without overlaps."""
+    on_storage: dict[int, list[Tensor]] = {}
+    for q in group_params:
+        on_storage.setdefault(q.untyped_storage().data_ptr(), []).append(q)
+    for p in params:
+        sharers = on_storage[p.untyped_storage().data_ptr()]
+        if not p.is_contiguous() or _use_count(p) != len(sharers) + 1:
+            return False
+        spans = sorted((q.storage_offset(), q.storage_offset() + q.numel()) for q in sharers)
+        if any(end > start for (_, end), (start, _) in zip(spans, spans[1:])):
+            return False
+    return True
+
+
+def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[dict], whole_group: bool) -> str:
+    """Why the group cannot take the fused tier at this step ('' when it can). ``params`` are the
+    parameters with a gradient; ``whole_group``: the rule keeps state over the whole group, so
+    its parameters must fit one bucket (one device and dtype)."""
+    held = {id(p) for p in params}
+    if any(p.requires_grad and id(p) not in held for p in group_params):
+        return "a parameter that requires grad has no gradient at this step"
+    if any(not p.is_floating_point() for p in params):
+        return "a parameter is not of a real floating dtype"
+    parts = partition(params, states)
+    if whole_group and len(parts) > 1:
+        return "the group mixes devices or dtypes, and the rule keeps state over the whole group"
+    for ps, ss in parts:
+        if any(s["step"] != ss[0]["step"] for s in ss):
+            return "the parameters have taken different numbers of steps"
+        if _adopt(ps) is None and not _movable(ps, group_params):
+            return ("a parameter is not contiguous or shares its storage with another tensor "
+                    "(moving it into a flat buffer would detach them)")
     return ""
 
 
@@ -133,16 +168,17 @@ def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 class FusedBucket:
-    """Flat buffers for the parameters, gradients and state of one param group."""
+    """Flat buffers for the parameters (of one device and dtype), gradients and state of a param group."""
 
-    def __init__(self, group_params: list[Tensor], states: list[dict]) -> None:
-        params = list(group_params)
-        self.group_list, self.n = group_params, len(params)
+    def __init__(self, params: list[Tensor], states: list[dict]) -> None:
+        self.members, self.n = params, len(params)
         self.numels = [p.numel() for p in params]
         first = params[0]
+        self.triton = use_triton(first.device, first.dtype)
+        length = padded(sum(self.numels)) if self.triton else sum(self.numels)
         self.param = _adopt(params)
         if self.param is None:
-            self.param, views = _flat_copy(params, self.numels, first.dtype)
+            self.param, views = _flat_copy(params, self.numels, first.dtype, length)
             for p, view in zip(params, views):
                 p.data = view
             del views, view  # the fast path counts the tensors on the flat storage
@@ -153,17 +189,19 @@ class FusedBucket:
         for key, value in states[0].items():
             if key != "step" and isinstance(value, Tensor) and all(
                     isinstance(s.get(key), Tensor) and s[key].shape == p.shape for s, p in zip(states, params)):
-                self.flats[key], views = _flat_copy([s[key] for s in states], self.numels, state_dtype(first))
+                self.flats[key], views = _flat_copy([s[key] for s in states], self.numels, state_dtype(first),
+                                                       self.param.numel())
                 for state, view in zip(states, views):
                     state[key] = view
         self.steps = torch.stack([s["step"] for s in states]).to(first.device)
         for state, view in zip(states, self.steps.unbind()):
             state["step"] = view
         self.grad = _adopt([p.grad for p in params])
+        if self.grad is not None and self.grad.numel() != self.param.numel():
+            self.grad = None
         self.grads_bound = self.grad is not None
         if self.grad is None:
             self.grad = torch.zeros_like(self.param)
-        self.triton = use_triton(first.device, first.dtype)
         self._record()
 
     def _record(self) -> None:
@@ -173,17 +211,14 @@ class FusedBucket:
         self._grad_version = self.grad._version
 
     # ---------------------------------------------------------------- checks
-    def intact(self, group_params: list[Tensor]) -> bool:
+    def intact(self) -> bool:
         """O(1): nothing was rebound since the last check and new gradients are in the buffer."""
-        return (self.grads_bound and group_params is self.group_list and len(group_params) == self.n
-                and self.grad._version != self._grad_version
+        return (self.grads_bound and self.grad._version != self._grad_version
                 and _use_count(self.param) == self._param_refs and _use_count(self.grad) == self._grad_refs)
 
-    def holds(self, group_params: list[Tensor], params: list[Tensor]) -> bool:
-        """O(n): every parameter of the group has a gradient and is still its view of the flat buffer."""
-        if group_params is not self.group_list or len(params) != self.n or len(group_params) != self.n:
-            return False
-        return (all(p is q for p, q in zip(params, group_params))
+    def holds(self, params: list[Tensor]) -> bool:
+        """O(n): ``params`` are the bucket's members, each still its view of the flat buffer."""
+        return (len(params) == self.n and all(p is q for p, q in zip(params, self.members))
                 and not self._outside(self.param, params) and bool((self.steps == self.steps[0]).all()))
 
     def _outside(self, flat: Tensor, tensors: list[Tensor]) -> list[int]:
@@ -212,7 +247,7 @@ class FusedBucket:
             self._record()
             return []
         base, size, others, bound = self.grad.data_ptr(), self.grad.element_size(), [], 0
-        for p, o, n in zip(self.group_list, self.offsets, self.numels):
+        for p, o, n in zip(self.members, self.offsets, self.numels):
             g = p.grad
             if g is None:
                 continue
@@ -238,11 +273,49 @@ class FusedBucket:
         self._grad_version = self.grad._version
 
 
-def _flat_copy(tensors: list[Tensor], numels: list[int], dtype: torch.dtype) -> tuple[Tensor, list[Tensor]]:
-    """A new flat buffer holding ``tensors`` in order (as ``dtype``, zero-padded to :func:`padded`
-    length), and its views shaped like them."""
+
+class FusedGroup:
+    """The fused buckets of one param group: one per device and dtype of the parameters that have
+    gradients. Parameters without a gradient that do not require one (frozen) stay out; the fast
+    path checks that they still have none."""
+
+    def __init__(self, group_params: list[Tensor], params: list[Tensor], states: list[dict]) -> None:
+        self.group_list, self.n = group_params, len(group_params)
+        self.buckets = [FusedBucket(ps, ss) for ps, ss in partition(params, states)]
+        held = {id(p) for p in params}
+        self.frozen = [p for p in group_params if id(p) not in held]
+
+    def intact(self, group_params: list[Tensor]) -> bool:
+        """O(buckets + frozen parameters): see :meth:`FusedBucket.intact`."""
+        return (group_params is self.group_list and len(group_params) == self.n
+                and all(b.intact() for b in self.buckets) and all(p.grad is None for p in self.frozen))
+
+    def holds(self, group_params: list[Tensor], params: list[Tensor]) -> bool:
+        """O(n): the parameters with gradients are still the buckets' members, in their views."""
+        if group_params is not self.group_list or len(group_params) != self.n:
+            return False
+        parts = partition(params, params)
+        return len(parts) == len(self.buckets) and all(b.holds(ps) for b, (ps, _) in zip(self.buckets, parts))
+
+    def load(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """:meth:`FusedBucket.load` for every bucket (``grads`` are those of ``params``)."""
+        for bucket, (_, gs) in zip(self.buckets, partition(params, grads)):
+            bucket.load(gs)
+
+    def zero_grads(self) -> list[Tensor]:
+        """:meth:`FusedBucket.zero_grads` for every bucket; returns the gradients left to zero."""
+        rest = [p.grad for p in self.frozen if p.grad is not None]
+        for bucket in self.buckets:
+            rest += bucket.zero_grads()
+        return rest
+
+
+def _flat_copy(tensors: list[Tensor], numels: list[int], dtype: torch.dtype,
+               length: int) -> tuple[Tensor, list[Tensor]]:
+    """A new flat buffer of ``length`` elements holding ``tensors`` in order (as ``dtype``; zeros
+    after them), and its views shaped like them."""
     total = sum(numels)
-    flat = torch.empty(padded(total), dtype=dtype, device=tensors[0].device)
+    flat = torch.empty(length, dtype=dtype, device=tensors[0].device)
     flat[total:].zero_()
     views = [v.view(t.shape) for v, t in zip(flat[:total].split(numels), tensors)]
     torch._foreach_copy_(views, [t.detach() for t in tensors])

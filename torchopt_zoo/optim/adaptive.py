@@ -160,6 +160,7 @@ class AdaGradNorm(ZooOptimizer):
     is saved and restored by ``state_dict()`` like any other state.
     """
 
+    _group_wide_state = True  # the norm spans the group: one fused bucket
     _rules = _rules("adagrad_norm")
 
     def __init__(self, params, lr=1.0, b0=1e-2, weight_decay=0.0, *, foreach=None, fused=None, maximize=False,
