@@ -5,8 +5,8 @@ its parameters that have gradients; frozen parameters, ``requires_grad=False``, 
 group's first fused step
 
 * the parameters move into one flat buffer per bucket (for the Triton kernels zero-padded to a
-  multiple of :data:`PAD` elements): each ``p.data`` is rebound to a view of it, so the ``Parameter`` objects, the modules
-  holding them and their values stay the same;
+  multiple of :data:`PAD` elements): each ``p.data`` is rebound to a view of it, so the
+  ``Parameter`` objects, the modules holding them and their values stay the same;
 * every state key (``exp_avg``, ...) gets one flat buffer, float32 for bf16/fp16 parameters, and the
   per-parameter entries of ``optimizer.state`` become views of it (``state_dict()`` and torch
   interchange see ordinary per-parameter tensors); the ``step`` counters too (0-dim views, on the
@@ -29,8 +29,8 @@ that on CUDA a step over thousands of tensors is one kernel launch per device an
 when the use counts of the flat parameter and gradient storages show that no parameter or gradient
 was rebound since the bucket last checked them, and the gradient buffer was written (its version
 counter moved) since the last step. Anything else goes through :meth:`FusedGroup.holds`, which
-checks every parameter. (Not caught: a gradient replaced while
-the code still holds a reference to the old one, and a gradient buffer written since the last step.)
+checks every parameter. (Not caught: a gradient replaced while the code still holds a reference to
+the old one, and a gradient buffer written since the last step.)
 
 Kernels: on CUDA one Triton kernel per rule for float32/bf16/fp16 parameters
 (:mod:`.triton_rules`, which also applies AMP's ``grad_scale``/``found_inf`` without a host sync);
@@ -271,7 +271,6 @@ class FusedBucket:
 
     def stepped(self) -> None:
         self._grad_version = self.grad._version
-
 
 
 class FusedGroup:
