@@ -151,28 +151,19 @@ def compiled_traffic(arch=90):
           "| launches |")
     print("|---|---|---|---|---|")
     result = {}
-    saved = os.environ.get("TORCHOPT_ZOO_TRITON")
-    os.environ["TORCHOPT_ZOO_TRITON"] = "1"  # Triton buckets (padded buffers) on the CPU, never launched here
     try:
         for name, make in ZOO_ROWS.items():
             params = [torch.randn(320, requires_grad=True) for _ in range(4)]
             opt = make(params, None)
             for p in params:
                 p.grad = torch.randn_like(p)
-            group = opt.param_groups[0]
-            (bucket,) = opt._fused_group(group, *opt._collect(group)).buckets
-            traffic = triton_codegen.step_traffic(opt._rules["fused"], group, bucket, opt._shared_state(group), arch)
+            traffic = triton_codegen.optimizer_traffic(opt, arch)[1]
             moved = sum(t.bytes_per_element for t in traffic)
             wide = all(t.scalar_stores == 0 and t.scalar_loads <= 1 for t in traffic)
             result[name] = (moved, wide)
             print(f"| {name} | {BYTES_PER_PARAM[name]} | {moved:g} | {'yes' if wide else 'no'} | {len(traffic)} |")
     except RuntimeError as e:  # e.g. TRITON_INTERPRET=1 in this process
         print(f"(cannot compile here: {e})")
-    finally:
-        if saved is None:
-            del os.environ["TORCHOPT_ZOO_TRITON"]
-        else:
-            os.environ["TORCHOPT_ZOO_TRITON"] = saved
     return result
 
 

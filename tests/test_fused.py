@@ -131,17 +131,22 @@ def loss_of(model, seed):
     return (model(x) - y).square().mean()
 
 
+def train(pairs, steps, set_to_none=False):
+    """(model, optimizer) pairs trained side by side on the same batches."""
+    for i in steps:
+        for m, o in pairs:
+            o.zero_grad(set_to_none=set_to_none)
+            loss_of(m, i).backward()
+            o.step()
+
+
 def test_gradients_land_in_the_flat_buffer_and_the_step_takes_the_fast_path(backend, monkeypatch):
     model, twin = mlp(), mlp()
     opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
     slow_steps = []
     original = opt._fused_group
     monkeypatch.setattr(opt, "_fused_group", lambda *a: slow_steps.append(1) or original(*a))
-    for i in range(6):
-        for m, o in ((model, opt), (twin, ref)):
-            o.zero_grad(set_to_none=False)
-            loss_of(m, i).backward()
-            o.step()
+    train([(model, opt), (twin, ref)], range(6))
     ((bucket,),) = [f.buckets for f in opt._fused.values()]
     assert bucket.triton == backend
     assert len(slow_steps) == 1  # the first step makes the bucket; zero_grad then binds the gradients
@@ -275,19 +280,11 @@ def test_parameters_sharing_storage_are_not_moved():
 def test_moved_parameters_keep_working_in_their_module_and_after_load_state_dict(backend):
     model, twin = mlp(), mlp()
     opt, ref = zoo.AdamW(model.parameters(), lr=0.01), zoo.AdamW(twin.parameters(), lr=0.01, foreach=False)
-    for i in range(3):
-        for m, o in ((model, opt), (twin, ref)):
-            o.zero_grad()
-            loss_of(m, i).backward()
-            o.step()
+    train([(model, opt), (twin, ref)], range(3), set_to_none=True)
     saved = copy.deepcopy(opt.state_dict())
     opt.load_state_dict(saved)  # the parameters stay in the old flat buffer: adopted, not copied
     flat_before = next(iter(model.parameters())).data_ptr()
-    for i in range(3, 6):
-        for m, o in ((model, opt), (twin, ref)):
-            o.zero_grad()
-            loss_of(m, i).backward()
-            o.step()
+    train([(model, opt), (twin, ref)], range(3, 6), set_to_none=True)
     assert next(iter(model.parameters())).data_ptr() == flat_before and opt._fused
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -328,14 +325,6 @@ class MixedNet(torch.nn.Module):
 
     def forward(self, x):
         return self.frozen(self.high(torch.tanh(self.low(x.to(torch.bfloat16)).float())))
-
-
-def train(pairs, steps, set_to_none=False):
-    for i in steps:
-        for m, o in pairs:
-            o.zero_grad(set_to_none=set_to_none)
-            loss_of(m, i).backward()
-            o.step()
 
 
 def assert_close_models(a, b, dtype=torch.float32):

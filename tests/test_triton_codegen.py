@@ -41,17 +41,14 @@ def _compile_all() -> dict:
             opt = cls(params, lr=1e-3, fused=True, **kw)
             for p in params:
                 p.grad = torch.randn_like(p)
-            group = opt.param_groups[0]
-            (bucket,) = opt._fused_group(group, *opt._collect(group)).buckets  # a Triton bucket, not launched
+            bucket, traffic = triton_codegen.optimizer_traffic(opt)  # a Triton bucket, not launched
             assert bucket.triton
-            amp = {}
+            runs = {f"{config_id((cls, kw))}/{dtype}": traffic}
             if cls.__name__ == "Adam" and not kw and dtype == "float32":
-                adam = group, bucket  # the AMP launch: grad_scale and found_inf on the device
-                amp = {"grad_scale": torch.ones(()), "found_inf": torch.zeros(())}
-            for extra in [{}] + ([amp] if amp else []):
-                key = f"{config_id((cls, kw))}/{dtype}" + ("/amp" if extra else "")
-                traffic = triton_codegen.step_traffic(opt._rules["fused"], group, bucket, opt._shared_state(group),
-                                                      **extra)
+                adam = opt.param_groups[0], bucket  # the AMP launch: grad_scale and found_inf on the device
+                runs[f"Adam/{dtype}/amp"] = triton_codegen.optimizer_traffic(
+                    opt, grad_scale=torch.ones(()), found_inf=torch.zeros(()))[1]
+            for key, traffic in runs.items():
                 out[key] = {"traffic": [vars(t) for t in traffic], "states": len(bucket.flats),
                             "n": bucket.param.numel()}
     # a group past 2**31 elements: 64-bit offsets (LARGE), still one vectorised pass
@@ -65,7 +62,7 @@ def _compile_all() -> dict:
 
 @pytest.fixture(scope="module")
 def compiled():
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TORCHOPT_ZOO_TRITON": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900,
                          cwd=os.path.dirname(__file__))
     assert run.returncode == 0, run.stderr[-4000:]

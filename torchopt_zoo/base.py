@@ -397,12 +397,12 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         skip = None  # whether found_inf is set, read once, only if a non-fused group needs it
         for group in self.param_groups:
-            if self._tier(group) == "fused" and self._fused_fast(group, grad_scale, found_inf):
+            tier = self._tier(group)
+            if tier == "fused" and self._fused_fast(group, grad_scale, found_inf):
                 continue
             params, grads, states = self._collect(group)
             if not params:
                 continue
-            tier = self._tier(group)
             if tier == "fused":
                 fused = self._fused_group(group, params, grads, states)
                 if fused is not None:

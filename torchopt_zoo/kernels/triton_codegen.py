@@ -5,12 +5,14 @@ NVIDIA architecture (Triton's own compiler and the ``ptxas`` it ships; no GPU or
 specialised as Triton's JIT specialises a real launch: pointers aligned to 16 bytes and integers
 divisible by 16 are marked so. :func:`traffic` reads the PTX's global loads and stores: the bytes
 each element of the flat buffers costs, and whether every per-element access is 128 bits wide;
-:func:`step_traffic` does both for every launch of one fused step. The tests check every rule
+:func:`step_traffic` does both for every launch of one fused step, :func:`optimizer_traffic` for
+an optimizer's first param group. The tests check every rule
 against ALGORITHMS.md section 7 this way, on CPU-only CI, and ``bench/step_speed.py`` prints it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -97,3 +99,22 @@ def step_traffic(name: str, group: dict, bucket, group_state: dict, arch: int = 
                                "Triton was imported); compile them in a process without it")
         result.append(traffic(compile_launch(kernel, args, constexprs, arch), constexprs["BLOCK"]))
     return result
+
+
+def optimizer_traffic(optimizer, arch: int = 90, grad_scale: torch.Tensor | None = None,
+                      found_inf: torch.Tensor | None = None):
+    """``(bucket, traffic)``: the fused bucket of ``optimizer``'s first param group (parameters of
+    one device and dtype, with gradients), built for the Triton kernels as on CUDA (padded) but not
+    launched, and :func:`step_traffic` of its step."""
+    saved = os.environ.get("TORCHOPT_ZOO_TRITON")
+    os.environ["TORCHOPT_ZOO_TRITON"] = "1"  # a Triton bucket also for CPU tensors
+    try:
+        group = optimizer.param_groups[0]
+        (bucket,) = optimizer._fused_group(group, *optimizer._collect(group)).buckets
+    finally:
+        if saved is None:
+            del os.environ["TORCHOPT_ZOO_TRITON"]
+        else:
+            os.environ["TORCHOPT_ZOO_TRITON"] = saved
+    return bucket, step_traffic(optimizer._rules["fused"], group, bucket, optimizer._shared_state(group), arch,
+                                grad_scale, found_inf)
