@@ -370,6 +370,34 @@ def test_freezing_a_parameter_rebuilds_the_buckets_and_moves_no_foreign_tensor(b
     assert_close_models(model, twin)
 
 
+def test_a_tensor_lr_is_read_on_the_device_and_follows_its_scheduler(config, backend, monkeypatch):
+    # Triton buckets take a tensor lr on their device as a pointer: the step never reads it on the
+    # host (on CUDA that would be a sync per step), and a scheduler's in-place update of it
+    # (torch's LRScheduler fills a tensor lr) reaches the kernel. Same trajectory as a float lr.
+    cls, kw = config
+    model, twin = mlp(), mlp()
+    lr0 = 2.0**-6  # exact in float32, so the two runs see the same lr
+    opt, ref = cls(model.parameters(), lr=torch.tensor(lr0), **kw), cls(twin.parameters(), lr=lr0, **kw)
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (opt, ref)]
+    if backend:
+        from torchopt_zoo import base
+        from torchopt_zoo.kernels import triton_rules
+
+        def no_host_read(name, value):
+            assert not isinstance(value, torch.Tensor), "the step read a tensor lr on the host"
+            return float(value)
+        monkeypatch.setattr(base, "as_float", no_host_read)
+        monkeypatch.setattr(triton_rules, "as_float", no_host_read)
+    for i in range(6):
+        train([(model, opt), (twin, ref)], [i])
+        for s in scheds:
+            s.step()
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor) and float(opt.param_groups[0]["lr"]) == lr0 / 8
+    assert opt._fused
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_fused_arguments_are_checked():
     p = [torch.nn.Parameter(torch.randn(3))]
     with pytest.raises(ValueError, match="fused=True cannot be combined with foreach=True"):

@@ -48,11 +48,14 @@ def _compile_all() -> dict:
                 adam = opt.param_groups[0], bucket  # the AMP launch: grad_scale and found_inf on the device
                 runs[f"Adam/{dtype}/amp"] = triton_codegen.optimizer_traffic(
                     opt, grad_scale=torch.ones(()), found_inf=torch.zeros(()))[1]
+                opt.param_groups[0]["lr"] = torch.tensor(1e-3)  # on the bucket's device: read by the kernel
+                runs[f"Adam/{dtype}/tensor_lr"] = triton_codegen.optimizer_traffic(opt)[1]
+                opt.param_groups[0]["lr"] = 1e-3
             for key, traffic in runs.items():
                 out[key] = {"traffic": [vars(t) for t in traffic], "states": len(bucket.flats),
                             "n": bucket.param.numel()}
     # a group past 2**31 elements: 64-bit offsets (LARGE), still one vectorised pass
-    kernel, _, args, constexprs = triton_rules.launches("adam", *adam, 1e-3, {}, None, None)[0]
+    kernel, _, args, constexprs = triton_rules.launches("adam", *adam, {}, None, None)[0]
     args = (*args[:5], 2**31 + 2**20, *args[6:])
     compiled = triton_codegen.compile_launch(kernel, args, {**constexprs, "LARGE": True})
     out["large"] = {"traffic": [vars(triton_codegen.traffic(compiled, constexprs["BLOCK"]))],
@@ -101,6 +104,12 @@ def test_amp_operands_add_no_per_element_traffic(compiled):
     plain, amp = compiled["Adam/float32"]["traffic"][0], compiled["Adam/float32/amp"]["traffic"][0]
     assert amp["bytes_per_element"] == plain["bytes_per_element"] == 28
     assert amp["scalar_stores"] == 0 and amp["scalar_loads"] <= plain["scalar_loads"] + 2  # grad_scale, found_inf
+
+
+def test_a_device_tensor_lr_is_one_scalar_load(compiled):
+    plain, lr = compiled["Adam/float32"]["traffic"][0], compiled["Adam/float32/tensor_lr"]["traffic"][0]
+    assert lr["bytes_per_element"] == plain["bytes_per_element"] == 28
+    assert lr["scalar_stores"] == 0 and lr["scalar_loads"] == plain["scalar_loads"] + 1
 
 
 def test_groups_past_2_31_elements_compile_with_64_bit_offsets(compiled):

@@ -210,13 +210,13 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         return True
 
     def _fused_step(self, group, fused, grad_scale, found_inf) -> None:
-        lr = as_float("lr", group["lr"])
         for bucket in fused.buckets:
-            if bucket.triton:
+            if bucket.triton:  # reads a device tensor lr on the device
                 from .kernels import triton_rules
-                triton_rules.step(self._rules["fused"], group, bucket, lr, self._shared_state(group),
+                triton_rules.step(self._rules["fused"], group, bucket, self._shared_state(group),
                                   grad_scale, found_inf)
             elif found_inf is None or not found_inf.item():
+                lr = as_float("lr", group["lr"])
                 steps = bucket.advance()
                 _, grads = self._prepare(group, [bucket.param], [bucket.grad], "foreach", grad_scale)
                 if not _fused.torch_kernel(self._rules["fused"], group, bucket, grads[0], lr):

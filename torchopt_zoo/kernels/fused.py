@@ -33,10 +33,10 @@ checks every parameter. (Not caught: a gradient replaced while the code still ho
 the old one, and a gradient buffer written since the last step.)
 
 Kernels: on CUDA one Triton kernel per rule for float32/bf16/fp16 parameters
-(:mod:`.triton_rules`, which also applies AMP's ``grad_scale``/``found_inf`` without a host sync);
-on CPU and for float64 torch's own single-pass kernel where torch
-has one for the rule (Adam, AdamW, AMSGrad), else the multi-tensor rule of :mod:`.foreach` run on
-the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels on CPU tensors too (with
+(:mod:`.triton_rules`, which also applies AMP's ``grad_scale``/``found_inf`` and reads a tensor
+``lr`` on the device without a host sync); on CPU and for float64 torch's own single-pass kernel
+where torch has one for the rule (Adam, AdamW, AMSGrad), else the multi-tensor rule of
+:mod:`.foreach` run on the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels on CPU tensors too (with
 ``TRITON_INTERPRET=1``; the tests do).
 """
 

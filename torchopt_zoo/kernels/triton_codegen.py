@@ -92,8 +92,8 @@ def step_traffic(name: str, group: dict, bucket, group_state: dict, arch: int = 
     from . import triton_rules
 
     result = []
-    for kernel, _, args, constexprs in triton_rules.launches(name, group, bucket, group["lr"], group_state,
-                                                             grad_scale, found_inf):
+    for kernel, _, args, constexprs in triton_rules.launches(name, group, bucket, group_state, grad_scale,
+                                                             found_inf):
         if not isinstance(kernel, triton.runtime.JITFunction):
             raise RuntimeError("step_traffic: the kernels are interpreted (TRITON_INTERPRET=1 was set when "
                                "Triton was imported); compile them in a process without it")

@@ -11,7 +11,9 @@ parameter dtype (state is float32 for bf16/fp16 parameters). Shared by every ker
 * ``found_inf`` (AMP): when it is non-zero every load and store is masked off, so the step is
   skipped on the device without a host sync;
 * the step count ``t`` is read from the device (the caller advances it before the launch), and
-  bias corrections are ``1 - beta ** t = 1 - exp2(t * log2(beta))``.
+  bias corrections are ``1 - beta ** t = 1 - exp2(t * log2(beta))``;
+* ``lr``: a float, or (``LR_PTR``) a one-element tensor on the bucket's device that the kernel
+  reads (:func:`kernel_lr`), so a device ``lr`` costs no host sync.
 
 The kernels only read the gradient buffer. Imported lazily, only where Triton runs
 (:func:`torchopt_zoo.kernels.fused.use_triton`); ``TRITON_INTERPRET=1`` runs them on CPU tensors.
@@ -24,6 +26,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from .._validation import as_float
 
 BLOCK = 2048
 
@@ -53,6 +57,14 @@ def _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd,
     if WD == 2:
         p = p * (1 - lr * wd)
     return p, g
+
+
+@triton.jit
+def _scalar(x, IS_PTR: tl.constexpr):
+    """A scalar operand passed by value, or (``IS_PTR``) as a pointer to a 0-dim device tensor."""
+    if IS_PTR:
+        x = tl.load(x).to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -96,10 +108,12 @@ def _second_moment(v_ptr, offs, mask, x, beta2, extra):
 def adam_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
                 m_ptr, v_ptr, vmax_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                 HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                AMSGRAD: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+                LR_PTR: tl.constexpr, AMSGRAD: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr,
+                BLOCK: tl.constexpr):
     """Adam / AdamW / AMSGrad: ``m = lerp(m, g, 1-b1)``, ``v = b2 v + (1-b2) g^2``,
     ``vmax = max(vmax, v)``, ``p -= lr (m/bc1) / (sqrt(v/bc2) + eps)``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = _scalar(lr, LR_PTR)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     m = _first_moment(m_ptr, offs, mask, g, beta1)
     v = _second_moment(v_ptr, offs, mask, g, beta2, 0.0)
@@ -114,9 +128,11 @@ def adam_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
 def adabelief_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
                      m_ptr, s_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                      HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                     EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+                     LR_PTR: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr,
+                     BLOCK: tl.constexpr):
     """AdaBelief: ``m = lerp(m, g, 1-b1)``, ``s = b2 s + (1-b2) (g - m)^2 + eps``, Adam's step with ``s``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = _scalar(lr, LR_PTR)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     m = _first_moment(m_ptr, offs, mask, g, beta1)
     s = _second_moment(s_ptr, offs, mask, g - m, beta2, eps)
@@ -128,9 +144,10 @@ def adabelief_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
 def diffgrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
                     m_ptr, v_ptr, prev_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                    EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+                    LR_PTR: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """diffGrad: Adam's moments; the step's numerator ``sigmoid(|g_prev - g|) m``; ``g_prev = g``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = _scalar(lr, LR_PTR)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     m = _first_moment(m_ptr, offs, mask, g, beta1)
     v = _second_moment(v_ptr, offs, mask, g, beta2, 0.0)
@@ -144,9 +161,10 @@ def diffgrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
 @triton.jit
 def adagrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, s_ptr, lr_decay, eps,
                    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                   LARGE: tl.constexpr, BLOCK: tl.constexpr):
+                   LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """AdaGrad: ``s += g^2``, ``p -= lr / (1 + (t-1) lr_decay) g / (sqrt(s) + eps)``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = _scalar(lr, LR_PTR)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     s = tl.load(s_ptr + offs, mask=mask, other=0.0) + g * g
     _store(s_ptr, offs, s, mask)
@@ -159,10 +177,12 @@ def adagrad_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, s_ptr,
 def rmsprop_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr, ga_ptr, buf_ptr,
                    alpha, eps, momentum,
                    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-                   CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+                   LR_PTR: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, LARGE: tl.constexpr,
+                   BLOCK: tl.constexpr):
     """RMSprop: ``v = a v + (1-a) g^2``, ``avg = sqrt(v [- ga^2]) + eps``; ``p -= lr g / avg``, or
     ``buf = mu buf + g / avg``, ``p -= lr buf``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = _scalar(lr, LR_PTR)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     v = _second_moment(v_ptr, offs, mask, g, alpha, 0.0)
     if CENTERED:
@@ -178,10 +198,12 @@ def rmsprop_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr,
 @triton.jit
 def gd_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, buf_ptr, momentum, dampening,
               HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-              MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+              LR_PTR: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, LARGE: tl.constexpr,
+              BLOCK: tl.constexpr):
     """GD / heavy ball: ``buf = g`` at t = 1, else ``mu buf + (1-dampening) g``; ``p -= lr buf``
     (``nesterov``: ``p -= lr (g + mu buf)``)."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = _scalar(lr, LR_PTR)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     d = g
     if MOMENTUM:
@@ -197,10 +219,12 @@ def gd_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, buf_ptr, mo
 @triton.jit
 def adagrad_norm_kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, b2_ptr,
                         HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
-                        WD: tl.constexpr, NORM_PASS: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+                        WD: tl.constexpr, LR_PTR: tl.constexpr, NORM_PASS: tl.constexpr,
+                        LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """AdaGrad-Norm in two launches: ``NORM_PASS``: ``b^2 += sum g^2`` (one atomic add per block);
     then ``p -= lr g / sqrt(b^2)``."""
     offs, mask = _block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = _scalar(lr, LR_PTR)
     p, g = _param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
     if NORM_PASS:
         tl.atomic_add(b2_ptr, tl.sum(g * g, axis=0))
@@ -247,18 +271,30 @@ KERNELS = {"adam": adam_kernel, "adabelief": adabelief_kernel, "diffgrad": diffg
            "adagrad_norm": adagrad_norm_kernel}
 
 
-def launches(name: str, group: dict, bucket, lr: float, group_state: dict,
+def kernel_lr(lr, device: torch.device) -> float | torch.Tensor:
+    """The learning rate as the kernels take it: a one-element tensor on the bucket's device as a
+    pointer the kernels read (no host sync, as torch's fused Adam takes a device ``lr``; a
+    scheduler's in-place update of it takes effect), anything else as a float."""
+    if isinstance(lr, torch.Tensor) and lr.device == device:
+        if lr.numel() != 1:
+            raise ValueError(f"lr as a Tensor must have one element, got shape {tuple(lr.shape)}")
+        return lr
+    return as_float("lr", lr)
+
+
+def launches(name: str, group: dict, bucket, group_state: dict,
              grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> list[tuple]:
     """The kernel launches of one step of rule ``name`` over ``bucket`` (a
     :class:`~.fused.FusedBucket`): ``(kernel, grid, args, constexprs)``, in order."""
     param = bucket.param
+    lr = kernel_lr(group["lr"], param.device)
     tensors, scalars, flags = _args(name, group, bucket.flats, group_state)
     tensors = [param if t is None else t for t in tensors]  # placeholders the flags never touch
     wd = group["weight_decay"]
     n = param.numel()  # a multiple of fused.PAD, so the JIT specialises it and vectorises the accesses
     common = dict(HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
                   MAXIMIZE=group["maximize"], WD=0 if wd == 0 else 2 if group["decoupled_weight_decay"] else 1,
-                  LARGE=n > 2**31 - 1 - BLOCK, BLOCK=BLOCK)
+                  LR_PTR=isinstance(lr, torch.Tensor), LARGE=n > 2**31 - 1 - BLOCK, BLOCK=BLOCK)
     grid = (triton.cdiv(n, BLOCK),)
     head = (param, bucket.grad, bucket.steps, param if grad_scale is None else grad_scale,
             param if found_inf is None else found_inf, n, lr, wd)
@@ -267,12 +303,12 @@ def launches(name: str, group: dict, bucket, lr: float, group_state: dict,
         (KERNELS[name], grid, (*head, *tensors, *scalars), {**common, **flags})]
 
 
-def step(name: str, group: dict, bucket, lr: float, group_state: dict,
+def step(name: str, group: dict, bucket, group_state: dict,
          grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> None:
     """One step of rule ``name`` over ``bucket``: advance the step counts, launch the kernels, and
     take the count back where ``found_inf`` is set (all on the device)."""
     bucket.steps.add_(1)
-    for kernel, grid, args, constexprs in launches(name, group, bucket, lr, group_state, grad_scale, found_inf):
+    for kernel, grid, args, constexprs in launches(name, group, bucket, group_state, grad_scale, found_inf):
         kernel[grid](*args, **constexprs)
     if found_inf is not None:
         bucket.steps.sub_(found_inf.to(bucket.steps.dtype))
