@@ -13,6 +13,11 @@ a parameter whose size changes is re-initialised the same way. Top-K
 messages go out as (values, int32 indices) by all-gather; Rand-K with the seed all ranks share
 sends only the values, by all-reduce; any other compressor sends its dense output by all-reduce.
 
+The hooks work in place: each bucket layout's vectors live in one flat buffer per vector (the
+per-name entries are views of it), so a step makes no copy of the state; a sparse message updates
+the state at its ``k`` entries only, and the aggregate is written into DDP's bucket buffer. The
+simulated methods (:mod:`.simulated`) are the reference they are tested against.
+
 ``EFHookState`` pickles without its process group and its parameter map (as torch's
 ``PowerSGDState``): checkpoint it with the model and optimizer, and ``state.register(new_ddp,
 hook)`` restores it into a new DDP instance.
@@ -31,7 +36,7 @@ METHODS = ("ef21", "econtrol", "ef14")
 
 
 class EFHookState:
-    """Per-rank state of an error-feedback hook: the method's vectors for each bucket, the
+    """Per-rank state of an error-feedback hook: the method's vectors for each parameter name, the
     step count, and ``bytes_last`` / ``bytes_total`` sent by this rank."""
 
     def __init__(self, compressor: Compressor, method: str = "ef21", *, eta: float = 0.1,
@@ -45,31 +50,48 @@ class EFHookState:
         self.iter = 0
         self.vectors: dict[str, dict[str, Tensor]] = {}  # parameter name -> the method's vectors
         self.names: dict[int, str] = {}
+        self._flat: dict[tuple[str, ...], dict[str, Tensor]] = {}  # bucket layout -> buffers behind the vectors
+        self._canonical: dict[tuple[str, ...], Tensor] = {}  # Rand-K's coordinate layout of a bucket
         self.bytes_last = self.bytes_total = 0
         self._bytes_step = 0
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("process_group")
-        state.pop("names")
+        for key in ("process_group", "names", "_flat", "_canonical"):
+            state.pop(key)
+        # views of the flat buffers would each pickle their whole buffer
+        state["vectors"] = {n: {k: v.clone() for k, v in vs.items()} for n, vs in self.vectors.items()}
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.process_group, self.names = None, {}
+        self.process_group, self.names, self._flat, self._canonical = None, {}, {}, {}
 
     def register(self, ddp_model, hook) -> None:
         """Map the parameters of ``ddp_model`` to their names and register ``hook`` with this state."""
         self.names = {id(p): name for name, p in ddp_model.module.named_parameters()}
         ddp_model.register_comm_hook(self, hook)
 
-    def load(self, names: list[str], sizes: list[int], key: str) -> Tensor:
-        return torch.cat([self.vectors[n][key] for n in names])
+    # -------------------------------------------------------------- state layout
+    def _lay_out(self, names: tuple[str, ...], sizes: list[int], flat: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Make ``flat`` the buffers of bucket layout ``names``: the vectors of those names become
+        views of them; layouts sharing a name are dropped (their other names keep their views)."""
+        for other in [k for k in self._flat if not set(k).isdisjoint(names)]:
+            del self._flat[other]
+        for key, buffer in flat.items():
+            for n, view in zip(names, buffer.split(sizes)):
+                self.vectors.setdefault(n, {})[key] = view
+        self._flat[names] = flat
+        return flat
 
-    def store(self, names: list[str], sizes: list[int], **flat: Tensor) -> None:
-        for key, value in flat.items():
-            for n, part in zip(names, value.split(sizes)):
-                self.vectors.setdefault(n, {})[key] = part.clone()
+    def buffers(self, names: tuple[str, ...], sizes: list[int]) -> dict[str, Tensor]:
+        """The flat buffers of a bucket's vectors, laid out (one copy) when the layout is new: the
+        first compressed step, after DDP rebuilt its buckets, or after unpickling."""
+        flat = self._flat.get(names)
+        if flat is None:
+            keys = self.vectors[names[0]].keys()
+            flat = self._lay_out(names, sizes, {k: torch.cat([self.vectors[n][k] for n in names]) for k in keys})
+        return flat
 
     # -------------------------------------------------------------- collectives
     def _group(self):
@@ -84,52 +106,104 @@ class EFHookState:
         dist.all_reduce(out, group=self._group())
         return out
 
-    def mean_of_compressed(self, delta_local: Tensor, indices: Optional[Tensor]) -> Tensor:
-        """The mean over ranks of every rank's compressed vector, sent the cheapest way."""
+    def add_mean_of_compressed(self, target: Tensor, values: Tensor, indices: Optional[Tensor]) -> None:
+        """``target += mean_r C_r`` over ranks ``r`` of every rank's compressed vector (``values``
+        at ``indices``, or dense where ``indices`` is None), sent the cheapest way."""
         world = dist.get_world_size(self._group())
         if indices is None:  # dense (unknown compressor)
-            return self.all_reduce_mean(delta_local)
-        values = delta_local[indices]
+            target.add_(self.all_reduce_mean(values))
+            return
         if isinstance(self.compressor, RandK):  # same indices on every rank: all-reduce values
-            self._count(values)
-            dist.all_reduce(values, group=self._group())
-            out = torch.zeros_like(delta_local)
-            out[indices] = values / world
-            return out
+            summed = values.clone()
+            self._count(summed)
+            dist.all_reduce(summed, group=self._group())
+            target.index_add_(0, indices, summed, alpha=1 / world)
+            return
         idx32 = indices.to(torch.int32)
         self._count(values, idx32)
         all_values = [torch.empty_like(values) for _ in range(world)]
         all_idx = [torch.empty_like(idx32) for _ in range(world)]
         dist.all_gather(all_values, values, group=self._group())
         dist.all_gather(all_idx, idx32, group=self._group())
-        out = torch.zeros_like(delta_local)
-        for v, i in zip(all_values, all_idx):
-            out.index_add_(0, i.long(), v)
-        return out / world
+        for v, i in zip(all_values, all_idx):  # one rank's indices per call: distinct, so deterministic
+            target.index_add_(0, i.long(), v, alpha=1 / world)
 
-    def compress(self, x: Tensor, names: list[str], sizes: list[int]) -> tuple[Tensor, Optional[Tensor]]:
-        """``C(x)`` for a bucket's flat vector and the kept indices (None for a dense compressor).
-        Rand-K draws its coordinates in a layout fixed by the parameter names, so every rank and
-        every DDP instance (whatever its bucket order) keeps the same entries."""
+    def compress(self, x: Tensor, names: tuple[str, ...], sizes: list[int]) -> tuple[Tensor, Optional[Tensor]]:
+        """``C(x)`` of a bucket's flat vector as ``(values, indices)`` (a sparse compressor) or
+        ``(C(x), None)`` (any other). Rand-K draws its coordinates in a layout fixed by the
+        parameter names, so every rank and every DDP instance (whatever its bucket order) keeps
+        the same entries."""
         if isinstance(self.compressor, TopK):
             idx = x.abs().topk(self.compressor.k(x.numel()), sorted=False).indices
         elif isinstance(self.compressor, RandK):
+            idx = self._canonical_layout(names, sizes, x.device)[self.compressor.indices(x.numel()).to(x.device)]
+        else:
+            return self.compressor.compress(x), None
+        return x[idx], idx
+
+    def _canonical_layout(self, names: tuple[str, ...], sizes: list[int], device) -> Tensor:
+        """Position in the bucket of each coordinate of the name-sorted layout."""
+        layout = self._canonical.get(names)
+        if layout is None or layout.device != device:
             starts = [0]
             for k in sizes[:-1]:
                 starts.append(starts[-1] + k)
             by_name = sorted(range(len(names)), key=lambda i: names[i])
-            canonical = torch.cat([torch.arange(starts[i], starts[i] + sizes[i]) for i in by_name])
-            idx = canonical[self.compressor.indices(x.numel())].to(x.device)
-        else:
-            return self.compressor.compress(x), None
-        out = torch.zeros_like(x)
-        out[idx] = x[idx]
-        return out, idx
+            layout = torch.cat([torch.arange(starts[i], starts[i] + sizes[i]) for i in by_name]).to(device)
+            self._canonical[names] = layout
+        return layout
 
     def end_step(self) -> None:
         self.iter += 1
         self.bytes_last, self._bytes_step = self._bytes_step, 0
         self.bytes_total += self.bytes_last
+
+    # -------------------------------------------------------------- the methods
+    def aggregate(self, grad: Tensor, params: list[Tensor]) -> Tensor:
+        """One bucket's step of the method: ``grad`` is this rank's flat gradient of ``params``;
+        returns the aggregate DDP hands to the optimizer, written into ``grad``."""
+        if not self.names:
+            raise RuntimeError("register error-feedback hooks with state.register(ddp_model, hook), "
+                               "which maps the parameters to their names")
+        names = tuple(self.names[id(p)] for p in params)
+        sizes = [p.numel() for p in params]
+        fresh = self.iter < self.start_iter or any(
+            n not in self.vectors or next(iter(self.vectors[n].values())).numel() != k
+            for n, k in zip(names, sizes))
+        if fresh:  # plain all-reduce; (re)start from full gradients
+            mean = self.all_reduce_mean(grad)
+            start = {"ef21": lambda: {"g_i": grad.clone(), "g": mean},
+                     "econtrol": lambda: {"e": torch.zeros_like(grad), "h_i": grad.clone(), "h": mean},
+                     "ef14": lambda: {"e": torch.zeros_like(grad)}}[self.method]
+            self._lay_out(names, sizes, start())
+            return grad.copy_(mean)
+        s = self.buffers(names, sizes)
+        if self.method == "ef21":  # c = C(grad - g_i); g_i += c; g += mean_r c_r
+            values, idx = self.compress(grad - s["g_i"], names, sizes)
+            _add(s["g_i"], values, idx)
+            self.add_mean_of_compressed(s["g"], values, idx)
+            return grad.copy_(s["g"])
+        if self.method == "econtrol":  # x = eta e + grad - h_i; delta = C(x); e += grad - h_i - delta; h_i += delta
+            x = (grad - s["h_i"]).add_(s["e"], alpha=self.eta)
+            values, idx = self.compress(x, names, sizes)
+            s["e"].mul_(1 - self.eta).add_(x)  # e + grad - h_i = (1 - eta) e + x
+            _add(s["e"], values, idx, alpha=-1.0)
+            _add(s["h_i"], values, idx)
+            self.add_mean_of_compressed(s["h"], values, idx)
+            return grad.copy_(s["h"])
+        e = s["e"].add_(grad)  # ef14: p = e + grad; delta = C(p); e = p - delta; the bucket gets mean_r delta_r
+        values, idx = self.compress(e, names, sizes)
+        _add(e, values, idx, alpha=-1.0)
+        self.add_mean_of_compressed(grad.zero_(), values, idx)
+        return grad
+
+
+def _add(target: Tensor, values: Tensor, indices: Optional[Tensor], alpha: float = 1.0) -> None:
+    """``target += alpha C`` for a compressed vector (``values`` at ``indices``, or dense)."""
+    if indices is None:
+        target.add_(values, alpha=alpha)
+    else:
+        target.index_add_(0, indices, values, alpha=alpha)
 
 
 def _done(value: Tensor) -> torch.futures.Future[torch.Tensor]:
@@ -139,40 +213,7 @@ def _done(value: Tensor) -> torch.futures.Future[torch.Tensor]:
 
 
 def _error_feedback_hook(state: EFHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    grad = bucket.buffer()
-    params = bucket.parameters()
-    if not state.names:
-        raise RuntimeError("register error-feedback hooks with state.register(ddp_model, hook), "
-                           "which maps the parameters to their names")
-    names = [state.names[id(p)] for p in params]
-    sizes = [p.numel() for p in params]
-    fresh = state.iter < state.start_iter or any(
-        n not in state.vectors or next(iter(state.vectors[n].values())).numel() != k
-        for n, k in zip(names, sizes))
-    if fresh:  # plain all-reduce; (re)start from full gradients
-        mean = state.all_reduce_mean(grad)
-        start = {"ef21": {"g_i": grad, "g": mean},
-                 "econtrol": {"e": torch.zeros_like(grad), "h_i": grad, "h": mean},
-                 "ef14": {"e": torch.zeros_like(grad)}}[state.method]
-        state.store(names, sizes, **start)
-        result = mean
-    elif state.method == "ef21":
-        g_i, g = state.load(names, sizes, "g_i"), state.load(names, sizes, "g")
-        c, idx = state.compress(grad - g_i, names, sizes)
-        g = g + state.mean_of_compressed(c, idx)
-        state.store(names, sizes, g_i=g_i + c, g=g)
-        result = g
-    elif state.method == "econtrol":
-        e, h_i, h = (state.load(names, sizes, k) for k in ("e", "h_i", "h"))
-        delta, idx = state.compress(state.eta * e + grad - h_i, names, sizes)
-        h = h + state.mean_of_compressed(delta, idx)
-        state.store(names, sizes, e=e + grad - h_i - delta, h_i=h_i + delta, h=h)
-        result = h
-    else:  # ef14
-        p = state.load(names, sizes, "e") + grad
-        delta, idx = state.compress(p, names, sizes)
-        state.store(names, sizes, e=p - delta)
-        result = state.mean_of_compressed(delta, idx)
+    result = state.aggregate(bucket.buffer(), bucket.parameters())
     if bucket.is_last():
         state.end_step()
     return _done(result)
