@@ -11,6 +11,8 @@ and the bits sent by all workers until |grad f|^2 <= 1e-3 |grad f(x0)|^2.
 Real distribution: the same problem split over 2 gloo processes (torch.distributed), a 64-32-10
 MLP on all of digits with SGD, 300 steps: plain all-reduce, the zoo's EF21 / EControl / EF14 DDP
 hooks (Top-K 10%), and torch's PowerSGD hook (rank 2) as the anchor; bytes sent per rank per step.
+The hooks' own cost on one large bucket (1 rank, so no communication) beside the dense reference
+update and Top-K's selection, which bounds it on CPU.
 
     python bench/compression.py [--quick] [--out bench/out]
 """
@@ -188,6 +190,60 @@ def run_ddp(steps, world=2):
             return json.load(fh)
 
 
+class _Bucket:
+    """What the hooks read of ``torch.distributed.GradBucket``: its flat gradient and parameters."""
+
+    def __init__(self, grad, params):
+        self.grad, self.params = grad, params
+
+    def buffer(self):
+        return self.grad
+
+    def parameters(self):
+        return self.params
+
+    def is_last(self):
+        return True
+
+
+def hook_cost(d, ratio=0.01, reps=9):
+    """Median ms of one hook call on a ``d``-element bucket (16 parameters) in a 1-rank gloo group,
+    so the time is the hook's own work; beside it the same method's dense reference update (the
+    simulated method with one worker, over the same vector) and Top-K's selection alone (the part
+    that is not elementwise). Interleaved, so machine noise hits every row alike."""
+    import time
+
+    import torch.distributed as dist
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/rdv", rank=0, world_size=1)
+        try:
+            params = [torch.zeros(d // 16) for _ in range(16)]
+            gen = torch.Generator().manual_seed(0)
+            grads = [torch.randn(d, generator=gen) for _ in range(3)]
+            rows = {}
+            for method, cls in (("EF21", C.EF21), ("EControl", C.EControl), ("EF14", C.EF14)):
+                hook = {"EF21": C.ef21_hook, "EControl": C.econtrol_hook, "EF14": C.ef14_hook}[method]
+                state = C.EFHookState(C.TopK(ratio=ratio), method.lower())
+                state.names = {id(p): f"p{i}" for i, p in enumerate(params)}
+                ref = cls([torch.zeros(d)], 1, C.TopK(ratio=ratio), lr=1.0)
+                times = {"hook": [], "reference": [], "topk": []}
+                for i in range(reps + state.start_iter):
+                    g = grads[i % 3]
+                    calls = {"hook": lambda: hook(state, _Bucket(g.clone(), params)),
+                             "reference": lambda: ref.step(g[None]),
+                             "topk": lambda: g.abs().topk(C.TopK(ratio=ratio).k(d), sorted=False)}
+                    for key, call in calls.items():
+                        start = time.perf_counter()
+                        call()
+                        if i >= state.start_iter:  # past the hook's full-gradient start
+                            times[key].append(time.perf_counter() - start)
+                rows[method] = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+        finally:
+            dist.destroy_process_group()
+    return rows
+
+
 def main():
     args = cli(__doc__, "fewer steps")
     steps = 300 if args.quick else 2000
@@ -224,6 +280,15 @@ def main():
     print("|---|---|---|")
     for name, r in ddp.items():
         print(f"| {name} | {r['loss'][-1]:.4f} | {r['bytes_per_step']:,} |")
+    d = 2**20 if args.quick else 2**22
+    cost = hook_cost(d)
+    print(f"\n### The DDP hooks' own work on one bucket of {d:,} float32 gradients (16 parameters), "
+          f"Top-K 1%, 1-rank gloo group, median ms\n")
+    print("| method | zoo DDP hook | dense reference update (simulated, 1 worker) | Top-K selection alone "
+          "| hook minus the selection |")
+    print("|---|---|---|---|---|")
+    for name, r in cost.items():
+        print(f"| {name} | {r['hook']:.1f} | {r['reference']:.1f} | {r['topk']:.1f} | {r['hook'] - r['topk']:.1f} |")
     finals = {setting: {name.split(" (x")[0]: c["grad_sq"][-1] for name, c in curves.items()}
               for setting, curves in raw.items()}
     fb = [(s, v["EF21"], v["compressed GD (no feedback)"]) for s, v in finals.items()]
@@ -241,7 +306,7 @@ def main():
               f"loss {ef21['loss'][-1]:.4f} vs {allreduce['loss'][-1]:.4f}; bytes/step "
               f"{ef21['bytes_per_step']:,} vs {allreduce['bytes_per_step']:,}",
               ef21["loss"][-1] <= 1.05 * allreduce["loss"][-1] and ef21["bytes_per_step"] < allreduce["bytes_per_step"]),
-    ], raw={"simulated": raw, "ddp": ddp})
+    ], raw={"simulated": raw, "ddp": ddp, "hook_cost_ms": cost})
 
 
 if __name__ == "__main__":
