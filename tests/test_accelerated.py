@@ -190,3 +190,62 @@ def test_higher_order_adaptive_M_and_the_closure_rule():
         return loss
     with pytest.raises(RuntimeError, match="without backward"):
         opt.step(with_backward)
+
+
+def _split_run(quad, x0, sizes, fused, steps=15, **kw):
+    """BregmanAccelerated on ``quad`` with the vector split into tensors of ``sizes``."""
+    params = [t.clone().requires_grad_(True) for t in x0.split(sizes)]
+    opt = zoo.BregmanAccelerated(params, L=2 * quad.L, fused=fused, **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = quad.f(torch.cat(params))
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+    for _ in range(steps):
+        opt.step(closure)
+    return params, opt
+
+
+@given(quadratics(max_condition=1e3), st.data(), st.sampled_from(["fixed", "search", "restart"]))
+def test_flat_buffers_take_the_same_steps_as_the_tensor_lists(quad, data, variant):
+    # fused=None puts the parameters, z and y in flat buffers (one op per update over all
+    # tensors); fused=False runs the same updates over the tensor lists. Elementwise ops give the
+    # same values. The search's inner products are summed in another order, which can flip an
+    # acceptance decided at the rounding level: there both runs must meet the certified bound.
+    x0 = data.draw(starts(quad))
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(x0) - 1), max_size=4)))) if len(x0) > 1 else []
+    sizes = [b - a for a, b in zip([0, *cuts], [*cuts, len(x0)])]
+    kw = {"fixed": {}, "search": {"line_search": Backtracking(DescentLemma(), reset="grow")},
+          "restart": {"restart": True}}[variant]
+    (flat_params, flat), (list_params, lists) = (_split_run(quad, x0, sizes, f, **copy.deepcopy(kw))
+                                                 for f in (None, False))
+    assert lists.__dict__.get("_flat") is None and flat._flat is not None
+    base = flat._flat.param
+    assert [p.data_ptr() for p in flat_params] == [base.data_ptr() + o * base.element_size()
+                                                   for o in flat._flat.offsets]
+    assert flat.stats["gradient_evals"] >= 15 and lists.stats["gradient_evals"] >= 15
+    if variant == "search":
+        R2 = float((x0 - quad.x_star) @ (x0 - quad.x_star))
+        for params, opt in ((flat_params, flat), (list_params, lists)):
+            x = torch.cat([p.detach() for p in params])
+            assert quad.suboptimality(x) <= 2 * opt.stats["max_L"] * R2 / (15 * 16) * (1 + 1e-9) + 1e-14
+        return
+    for a, b in zip(flat_params, list_params):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert flat.stats == lists.stats
+
+
+def test_fused_true_names_what_it_cannot_take():
+    with pytest.raises(ValueError, match='fused=True needs mirror="euclidean"'):
+        zoo.BregmanAccelerated([torch.full((3,), 1 / 3, requires_grad=True)], mirror="entropy", fused=True)
+    with pytest.raises(ValueError, match="Invalid fused"):
+        zoo.BregmanAccelerated([torch.zeros(3, requires_grad=True)], fused="yes")
+    x = torch.zeros(4, 3).t().requires_grad_(True)  # not contiguous
+    opt = zoo.BregmanAccelerated([x], fused=True)
+    with pytest.raises(ValueError, match="fused=True: .*not contiguous"):
+        opt.step(lambda: x.square().sum())
+    opt = zoo.BregmanAccelerated([x])  # fused=None: the tensor lists
+    opt.step(make_closure(opt, lambda v: v.square().sum(), x))
+    assert opt.__dict__.get("_flat") is None and opt.stats["k"] == 1

@@ -135,7 +135,7 @@ def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[di
     if whole_group and len(parts) > 1:
         return "the group mixes devices or dtypes, and the rule keeps state over the whole group"
     for ps, ss in parts:
-        if any(s["step"] != ss[0]["step"] for s in ss):
+        if any(s.get("step") != ss[0].get("step") for s in ss):
             return "the parameters have taken different numbers of steps"
         if _adopt(ps) is None and not _movable(ps, group_params):
             return ("a parameter is not contiguous or shares its storage with another tensor "
@@ -167,18 +167,20 @@ def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
     return True
 
 
-class FusedBucket:
-    """Flat buffers for the parameters (of one device and dtype), gradients and state of a param group."""
+class FlatBucket:
+    """Parameters (of one device and dtype) and their per-parameter state in flat buffers: each
+    ``p.data`` and each state tensor shaped like its parameter becomes a view of one buffer per
+    key (``flats``, in the state's dtype); ``step`` counters, where the states have them, become 0-dim views of
+    ``steps`` on the parameters' device. ``length``: the buffers' length (the parameters' total,
+    or more for zero padding)."""
 
-    def __init__(self, params: list[Tensor], states: list[dict]) -> None:
+    def __init__(self, params: list[Tensor], states: list[dict], length: int | None = None) -> None:
         self.members, self.n = params, len(params)
         self.numels = [p.numel() for p in params]
         first = params[0]
-        self.triton = use_triton(first.device, first.dtype)
-        length = padded(sum(self.numels)) if self.triton else sum(self.numels)
         self.param = _adopt(params)
         if self.param is None:
-            self.param, views = _flat_copy(params, self.numels, first.dtype, length)
+            self.param, views = _flat_copy(params, self.numels, first.dtype, length or sum(self.numels))
             for p, view in zip(params, views):
                 p.data = view
             del views, view  # the fast path counts the tensors on the flat storage
@@ -189,13 +191,38 @@ class FusedBucket:
         for key, value in states[0].items():
             if key != "step" and isinstance(value, Tensor) and all(
                     isinstance(s.get(key), Tensor) and s[key].shape == p.shape for s, p in zip(states, params)):
-                self.flats[key], views = _flat_copy([s[key] for s in states], self.numels, state_dtype(first),
+                self.flats[key], views = _flat_copy([s[key] for s in states], self.numels, value.dtype,
                                                        self.param.numel())
                 for state, view in zip(states, views):
                     state[key] = view
-        self.steps = torch.stack([s["step"] for s in states]).to(first.device)
-        for state, view in zip(states, self.steps.unbind()):
-            state["step"] = view
+        self.steps = None
+        if "step" in states[0]:
+            self.steps = torch.stack([s["step"] for s in states]).to(first.device)
+            for state, view in zip(states, self.steps.unbind()):
+                state["step"] = view
+
+    def _outside(self, flat: Tensor, tensors: list[Tensor]) -> list[int]:
+        """Indices of the tensors that are not their contiguous view of ``flat``."""
+        base, size = flat.data_ptr(), flat.element_size()
+        return [i for i, (t, o) in enumerate(zip(tensors, self.offsets))
+                if t.data_ptr() != base + o * size or t.dtype != flat.dtype or not t.is_contiguous()]
+
+    def holds_views(self, params: list[Tensor], states: list[dict]) -> bool:
+        """O(n): ``params`` are the members, and they and their states are still views of the
+        buffers (``load_state_dict`` replaces the state tensors, say)."""
+        return (len(params) == self.n and all(p is q for p, q in zip(params, self.members))
+                and not self._outside(self.param, params)
+                and not any(self._outside(flat, [s.get(key) for s in states]) for key, flat in self.flats.items()))
+
+
+class FusedBucket(FlatBucket):
+    """A :class:`FlatBucket` of a param group with a flat gradient buffer, stepped in one pass."""
+
+    def __init__(self, params: list[Tensor], states: list[dict]) -> None:
+        first = params[0]
+        self.triton = use_triton(first.device, first.dtype)
+        total = sum(p.numel() for p in params)
+        super().__init__(params, states, padded(total) if self.triton else total)
         self.grad = _adopt([p.grad for p in params])
         if self.grad is not None and self.grad.numel() != self.param.numel():
             self.grad = None
@@ -220,12 +247,6 @@ class FusedBucket:
         """O(n): ``params`` are the bucket's members, each still its view of the flat buffer."""
         return (len(params) == self.n and all(p is q for p, q in zip(params, self.members))
                 and not self._outside(self.param, params) and bool((self.steps == self.steps[0]).all()))
-
-    def _outside(self, flat: Tensor, tensors: list[Tensor]) -> list[int]:
-        """Indices of the tensors that are not their contiguous view of ``flat``."""
-        base, size = flat.data_ptr(), flat.element_size()
-        return [i for i, (t, o) in enumerate(zip(tensors, self.offsets))
-                if t.data_ptr() != base + o * size or t.dtype != flat.dtype or not t.is_contiguous()]
 
     # ---------------------------------------------------------------- gradients
     def load(self, grads: list[Tensor]) -> None:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._pickling import PicklesAttributes
 from .._validation import check_choice, check_int, check_range
+from ..kernels import fused as _fused
 from ..kernels.direction import inner
 from ..stepsize import trials as _trials
 from ..stepsize.backtracking import Backtracking
@@ -53,8 +54,9 @@ class _SingleGroup(PicklesAttributes, torch.optim.Optimizer):
     def _scalars(self, **initial) -> dict:
         return self.state.setdefault(self._state_key, dict(initial))
 
-    def _gradient(self, closure) -> tuple[Tensor, list[Tensor]]:
-        """``closure()`` with gradients enabled at the current parameters; copies of the grads."""
+    def _gradient(self, closure, copy: bool = True) -> tuple[Tensor, list[Tensor]]:
+        """``closure()`` with gradients enabled at the current parameters; the grads, copied
+        (``copy=False``: ``p.grad`` itself, for the caller to copy before the next closure call)."""
         with torch.enable_grad():
             loss = closure()
         grads = []
@@ -62,7 +64,7 @@ class _SingleGroup(PicklesAttributes, torch.optim.Optimizer):
             if p.grad is None:
                 raise RuntimeError(f"{type(self).__name__}: the closure left no gradient for a "
                                    "parameter; it must call backward() when gradients are enabled")
-            grads.append(p.grad.detach().clone())
+            grads.append(p.grad.detach().clone() if copy else p.grad.detach())
         return loss, grads
 
     def _start(self, closure):
@@ -105,18 +107,29 @@ class BregmanAccelerated(_SingleGroup):
 
     ``step(closure)`` needs a closure that computes the loss and, when gradients are enabled,
     calls ``backward()`` (see :mod:`torchopt_zoo.stepsize.trials`); it returns ``f(x)``.
+
+    The Euclidean updates are elementwise: with ``fused=None`` (default) the parameters, ``z``,
+    ``y`` and a copy of the gradient live in flat buffers where the parameters qualify (see
+    :mod:`torchopt_zoo.kernels.fused`; one device and dtype), so a step is four single-pass ops
+    (``x = lerp(y, z, tau)``; the gradient copied in; ``x -= g / L``; ``z -= a g``, ``y = x``)
+    whatever the number of tensors; ``fused=False`` runs the same ops over the tensor lists,
+    ``fused=True`` insists on the flat buffers.
     """
 
     _state_key = "bregman"
 
     def __init__(self, params, order: int = 2, C: float = 0.25, L: float = 1.0,
                  mirror: str = "euclidean", line_search: Backtracking | None = None,
-                 restart: bool = False) -> None:
+                 restart: bool = False, fused: bool | None = None) -> None:
         check_int("order", order, 1)
         check_range("C", C, 0.0, low_open=True)
         check_range("L", L, 0.0, low_open=True)
         check_choice("mirror", mirror, MIRRORS)
         check_choice("restart", restart, (True, False))
+        check_choice("fused", fused, (None, True, False))
+        if fused and mirror != "euclidean":
+            raise ValueError('fused=True needs mirror="euclidean" (the entropic update normalises '
+                             "each row, it is not elementwise); leave fused=None")
         if line_search is not None:
             if not isinstance(line_search, Backtracking) or not isinstance(line_search.criterion, DescentLemma):
                 raise ValueError("line_search for BregmanAccelerated must be "
@@ -125,7 +138,7 @@ class BregmanAccelerated(_SingleGroup):
                 raise ValueError('line_search (adaptive L) needs mirror="euclidean"')
         self.line_search = line_search
         super().__init__(params, dict(order=order, C=float(C), L=float(L), mirror=mirror,
-                                      restart=restart))
+                                      restart=restart, fused=fused))
 
     @property
     def stats(self) -> dict:
@@ -148,14 +161,43 @@ class BregmanAccelerated(_SingleGroup):
             st["y"] = p.detach().clone()
         return s
 
+    def _vectors(self, group, states):
+        """``(params, zs, ys)`` as the Euclidean updates take them: one-element lists of the flat
+        buffers where the group takes them (built at the first step, rebuilt after
+        ``load_state_dict``), else the tensor lists."""
+        params = self._params
+        flat = self.__dict__.get("_flat")
+        fused = group.get("fused")  # absent from the param groups of older checkpoints
+        if fused is not False and (flat is None or not flat.holds_views(params, states)):
+            self._flat = flat = None
+            reason = _fused.ineligible(params, params, states, whole_group=True)
+            if reason and fused:
+                raise ValueError(f"fused=True: the flat buffers cannot take these parameters: {reason}")
+            if not reason:
+                self._flat = flat = _fused.FlatBucket(params, states)
+                self._flat_grad = torch.empty_like(flat.param)
+        if fused is False or flat is None:
+            return params, [st["z"] for st in states], [st["y"] for st in states]
+        return [flat.param], [flat.flats["z"]], [flat.flats["y"]]
+
+    def _flat_gradient(self, grads: list[Tensor]) -> list[Tensor]:
+        """The gradients copied into the flat gradient buffer, in one multi-tensor copy."""
+        flat = self._flat
+        views = self._flat_grad.split(flat.numels)
+        torch._foreach_copy_(list(views), [g.reshape(-1) for g in grads])
+        return [self._flat_grad]
+
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         group = self._start(closure)
         s = self._init_state(group)
         states = [self.state[p] for p in self._params]
-        ys = [st["y"] for st in states]
         entropy = group["mirror"] == "entropy"
-        zs = [st["log_z"].exp() for st in states] if entropy else [st["z"] for st in states]
+        if entropy:
+            ys, zs = [st["y"] for st in states], [st["log_z"].exp() for st in states]
+        else:
+            params, zs, ys = self._vectors(group, states)
+            flat = params is not self._params
         ls = self.line_search
         L = s["L"]
         if ls is not None:  # the reset policy acts on the step 1/L; the constructor's L starts it
@@ -166,9 +208,12 @@ class BregmanAccelerated(_SingleGroup):
         while True:
             a = min(C * p * _rising(k + 1, p - 1) / L, (1 + math.sqrt(1 + 4 * L * A)) / (2 * L))
             tau = a / (A + a)
-            xs = torch._foreach_add(torch._foreach_mul(zs, tau), torch._foreach_mul(ys, 1 - tau))
-            self._set(xs)
-            loss, grads = self._gradient(closure)
+            if entropy:
+                self._set(torch._foreach_add(torch._foreach_mul(zs, tau), torch._foreach_mul(ys, 1 - tau)))
+            else:  # x = tau z + (1 - tau) y
+                torch._foreach_copy_(params, ys)
+                torch._foreach_lerp_(params, zs, tau)
+            loss, grads = self._gradient(closure, copy=entropy or not flat)
             s["gradient_evals"] += 1
             s["function_evals"] += 1
             trials += 1
@@ -177,32 +222,34 @@ class BregmanAccelerated(_SingleGroup):
                 log_z = [lz - torch.logsumexp(lz, dim=-1, keepdim=True) for lz in log_z]
                 new_y = torch._foreach_add(torch._foreach_mul(ys, 1 - tau),
                                            torch._foreach_mul([lz.exp() for lz in log_z], tau))
-            else:
-                new_y = torch._foreach_add(xs, torch._foreach_mul(grads, -1.0 / L))
+                self._set(new_y)
+            else:  # y = x - g / L, in the parameters
+                if flat:
+                    grads = self._flat_gradient(grads)
+                torch._foreach_add_(params, grads, alpha=-1.0 / L)
             f_new = None
             if ls is None:
                 break
             gg = inner(grads, grads)
             if gg == 0.0:  # a stationary point: y = x, nothing to verify
                 break
-            self._set(new_y)
             f_new = _trials.evaluate_forward(closure)
             s["function_evals"] += 1
             accepted, violation = ls.criterion.check(float(loss.detach()), f_new, 1.0 / L, -gg, gg)
             if accepted:
                 break
             if trials >= ls.max_trials:
-                self._fail(ys, s, "descent-lemma search", trials)
+                self._fail([st["y"] for st in states], s, "descent-lemma search", trials)
                 return loss
             L /= ls.shrink(violation)
         s["A"], s["k"], s["L"], s["max_L"] = A + a, k + 1, L, max(s["max_L"], L)
         if entropy:
             for st, lz in zip(states, log_z):
                 st["log_z"].copy_(lz)
+            torch._foreach_copy_(ys, new_y)
         else:
             torch._foreach_add_(zs, grads, alpha=-a)
-        torch._foreach_copy_(ys, new_y)
-        self._set(new_y)
+            torch._foreach_copy_(ys, params)
         if group["restart"]:
             if f_new is None:
                 f_new = _trials.evaluate_forward(closure)
@@ -210,11 +257,11 @@ class BregmanAccelerated(_SingleGroup):
             if s["f_y"] is not None and f_new > s["f_y"]:
                 s["A"], s["k"] = 0.0, 0
                 s["restarts"] += 1
-                for st, y in zip(states, new_y):
+                for st in states:
                     if entropy:
-                        st["log_z"].copy_(torch.log(y.clamp_min(torch.finfo(y.dtype).tiny)))
+                        st["log_z"].copy_(torch.log(st["y"].clamp_min(torch.finfo(st["y"].dtype).tiny)))
                     else:
-                        st["z"].copy_(y)
+                        st["z"].copy_(st["y"])
             s["f_y"] = f_new
         return loss
 
