@@ -33,8 +33,11 @@ except ImportError:  # the peer is optional
     po = None
 
 # AdaGradNorm: p read and written, g read twice (the norm must be known before any update)
+# BregmanAccelerated (order 2, Euclidean): x = lerp(y, z, tau) reads z, y and writes p; the update
+# reads p, g, z and writes z, y, p
 BYTES_PER_PARAM = {"Adam": 28, "AdamW": 28, "AMSGrad": 36, "Adagrad": 20, "AdaGradNorm": 16,
-                   "RMSprop": 20, "AdaBelief": 28, "DiffGrad": 36, "GD (heavy ball)": 20}
+                   "RMSprop": 20, "AdaBelief": 28, "DiffGrad": 36, "GD (heavy ball)": 20,
+                   "BregmanAccelerated": 36}
 
 ZOO_DEFAULT = "zoo default (fused)"
 COPIED_IN = "zoo default (fused), gradients copied in"
@@ -58,6 +61,24 @@ ZOO_ROWS = {  # name -> factory(params, foreach)
 }
 
 
+class _ClosureStep:
+    """An optimizer whose ``step`` needs a closure, stepped with one that only returns the loss:
+    the gradients are already in ``p.grad``, as for the other rows."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none)
+
+    def step(self):
+        return self.optimizer.step(lambda: torch.zeros(()))
+
+
+def _bregman(fused):
+    return lambda p: _ClosureStep(zoo.BregmanAccelerated(p, L=1e3, fused=fused))
+
+
 def candidates():
     """(optimizer, implementation, factory) rows; factories take a list of parameters."""
     rows = [
@@ -76,6 +97,8 @@ def candidates():
         rows.append((name, ZOO_DEFAULT, lambda p, make=make: make(p, None)))
         if name == "Adam":
             rows.append((name, COPIED_IN, lambda p, make=make: make(p, None)))
+    rows += [("BregmanAccelerated", "zoo tensor lists", _bregman(False)),
+             ("BregmanAccelerated", ZOO_DEFAULT, _bregman(None))]
     if po is not None:
         rows += [
             ("AdaBelief", "pytorch_optimizer", lambda p: po.AdaBelief(p, weight_decouple=False)),
