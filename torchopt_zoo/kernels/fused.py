@@ -214,6 +214,15 @@ class FlatBucket:
                 and not self._outside(self.param, params)
                 and not any(self._outside(flat, [s.get(key) for s in states]) for key, flat in self.flats.items()))
 
+    def record_views(self) -> None:
+        """Remember how many tensors share each buffer, for :meth:`views_unchanged`."""
+        self._view_counts = [_use_count(t) for t in (self.param, *self.flats.values())]
+
+    def views_unchanged(self) -> bool:
+        """O(1): no view of a buffer was dropped or added since :meth:`record_views` (rebinding a
+        parameter's ``data`` or replacing a state tensor drops one)."""
+        return [_use_count(t) for t in (self.param, *self.flats.values())] == getattr(self, "_view_counts", None)
+
 
 class FusedBucket(FlatBucket):
     """A :class:`FlatBucket` of a param group with a flat gradient buffer, stepped in one pass."""

@@ -164,11 +164,12 @@ class BregmanAccelerated(_SingleGroup):
     def _vectors(self, group, states):
         """``(params, zs, ys)`` as the Euclidean updates take them: one-element lists of the flat
         buffers where the group takes them (built at the first step, rebuilt after
-        ``load_state_dict``), else the tensor lists."""
+        ``load_state_dict``), else the tensor lists. O(1) host work while nothing was rebound."""
         params = self._params
         flat = self.__dict__.get("_flat")
         fused = group.get("fused")  # absent from the param groups of older checkpoints
-        if fused is not False and (flat is None or not flat.holds_views(params, states)):
+        if fused is not False and (flat is None or not (
+                params is self._flat_list and flat.views_unchanged() or flat.holds_views(params, states))):
             self._flat = flat = None
             reason = _fused.ineligible(params, params, states, whole_group=True)
             if reason and fused:
@@ -176,15 +177,16 @@ class BregmanAccelerated(_SingleGroup):
             if not reason:
                 self._flat = flat = _fused.FlatBucket(params, states)
                 self._flat_grad = torch.empty_like(flat.param)
+                self._grad_views = [v.view(p.shape) for v, p in zip(self._flat_grad.split(flat.numels), params)]
         if fused is False or flat is None:
             return params, [st["z"] for st in states], [st["y"] for st in states]
+        self._flat_list = params
+        flat.record_views()
         return [flat.param], [flat.flats["z"]], [flat.flats["y"]]
 
     def _flat_gradient(self, grads: list[Tensor]) -> list[Tensor]:
         """The gradients copied into the flat gradient buffer, in one multi-tensor copy."""
-        flat = self._flat
-        views = self._flat_grad.split(flat.numels)
-        torch._foreach_copy_(list(views), [g.reshape(-1) for g in grads])
+        torch._foreach_copy_(self._grad_views, grads)
         return [self._flat_grad]
 
     @torch.no_grad()
