@@ -36,8 +36,8 @@ Kernels: on CUDA one Triton kernel per rule for float32/bf16/fp16 parameters
 (:mod:`.triton_rules`, which also applies AMP's ``grad_scale``/``found_inf`` and reads a tensor
 ``lr`` on the device without a host sync); on CPU and for float64 torch's own single-pass kernel
 where torch has one for the rule (Adam, AdamW, AMSGrad), else the multi-tensor rule of
-:mod:`.foreach` run on the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels on CPU tensors too (with
-``TRITON_INTERPRET=1``; the tests do).
+:mod:`.foreach` run on the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels
+on CPU tensors too (with ``TRITON_INTERPRET=1``; the tests do).
 """
 
 from __future__ import annotations
@@ -170,9 +170,9 @@ def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
 class FlatBucket:
     """Parameters (of one device and dtype) and their per-parameter state in flat buffers: each
     ``p.data`` and each state tensor shaped like its parameter becomes a view of one buffer per
-    key (``flats``, in the state's dtype); ``step`` counters, where the states have them, become 0-dim views of
-    ``steps`` on the parameters' device. ``length``: the buffers' length (the parameters' total,
-    or more for zero padding)."""
+    key (``flats``, in the state's dtype); ``step`` counters, where the states have them, become
+    0-dim views of ``steps`` on the parameters' device. ``length``: the buffers' length (the
+    parameters' total, or more for zero padding)."""
 
     def __init__(self, params: list[Tensor], states: list[dict], length: int | None = None) -> None:
         self.members, self.n = params, len(params)
