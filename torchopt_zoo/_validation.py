@@ -11,12 +11,17 @@ import torch
 def as_float(name: str, value) -> float:
     """``value`` as a Python float; a one-element tensor is read (on the host, as torch does)."""
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} as a Tensor must have one element, got shape {tuple(value.shape)}")
+        check_one_element(name, value)
         return float(value.item())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     return float(value)
+
+
+def check_one_element(name: str, value: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless the tensor ``value`` holds one element (reads no data)."""
+    if value.numel() != 1:
+        raise ValueError(f"{name} as a Tensor must have one element, got shape {tuple(value.shape)}")
 
 
 def check_range(name: str, value, low: float, high: float = math.inf, *,

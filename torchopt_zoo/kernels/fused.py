@@ -195,11 +195,13 @@ class FlatBucket:
                                                        self.param.numel())
                 for state, view in zip(states, views):
                     state[key] = view
+                del views, view  # (counted by record_views)
         self.steps = None
         if "step" in states[0]:
             self.steps = torch.stack([s["step"] for s in states]).to(first.device)
             for state, view in zip(states, self.steps.unbind()):
                 state["step"] = view
+        self.record_views()
 
     def _outside(self, flat: Tensor, tensors: list[Tensor]) -> list[int]:
         """Indices of the tensors that are not their contiguous view of ``flat``."""
@@ -207,12 +209,16 @@ class FlatBucket:
         return [i for i, (t, o) in enumerate(zip(tensors, self.offsets))
                 if t.data_ptr() != base + o * size or t.dtype != flat.dtype or not t.is_contiguous()]
 
-    def holds_views(self, params: list[Tensor], states: list[dict]) -> bool:
-        """O(n): ``params`` are the members, and they and their states are still views of the
-        buffers (``load_state_dict`` replaces the state tensors, say)."""
+    def holds_params(self, params: list[Tensor]) -> bool:
+        """O(n): ``params`` are the members, each still its view of the parameter buffer."""
         return (len(params) == self.n and all(p is q for p, q in zip(params, self.members))
-                and not self._outside(self.param, params)
-                and not any(self._outside(flat, [s.get(key) for s in states]) for key, flat in self.flats.items()))
+                and not self._outside(self.param, params))
+
+    def holds_views(self, params: list[Tensor], states: list[dict]) -> bool:
+        """O(n): :meth:`holds_params`, and the states are still views of the state buffers
+        (``load_state_dict`` replaces the state tensors, say)."""
+        return self.holds_params(params) and not any(
+            self._outside(flat, [s.get(key) for s in states]) for key, flat in self.flats.items())
 
     def record_views(self) -> None:
         """Remember how many tensors share each buffer, for :meth:`views_unchanged`."""
@@ -221,7 +227,7 @@ class FlatBucket:
     def views_unchanged(self) -> bool:
         """O(1): no view of a buffer was dropped or added since :meth:`record_views` (rebinding a
         parameter's ``data`` or replacing a state tensor drops one)."""
-        return [_use_count(t) for t in (self.param, *self.flats.values())] == getattr(self, "_view_counts", None)
+        return [_use_count(t) for t in (self.param, *self.flats.values())] == self._view_counts
 
 
 class FusedBucket(FlatBucket):
@@ -242,7 +248,7 @@ class FusedBucket(FlatBucket):
 
     def _record(self) -> None:
         """Remember the storage use counts and the gradient version the fast path compares with."""
-        self._param_refs = _use_count(self.param)
+        self.record_views()
         self._grad_refs = _use_count(self.grad)
         self._grad_version = self.grad._version
 
@@ -250,12 +256,11 @@ class FusedBucket(FlatBucket):
     def intact(self) -> bool:
         """O(1): nothing was rebound since the last check and new gradients are in the buffer."""
         return (self.grads_bound and self.grad._version != self._grad_version
-                and _use_count(self.param) == self._param_refs and _use_count(self.grad) == self._grad_refs)
+                and self.views_unchanged() and _use_count(self.grad) == self._grad_refs)
 
     def holds(self, params: list[Tensor]) -> bool:
         """O(n): ``params`` are the bucket's members, each still its view of the flat buffer."""
-        return (len(params) == self.n and all(p is q for p, q in zip(params, self.members))
-                and not self._outside(self.param, params) and bool((self.steps == self.steps[0]).all()))
+        return self.holds_params(params) and bool((self.steps == self.steps[0]).all())
 
     # ---------------------------------------------------------------- gradients
     def load(self, grads: list[Tensor]) -> None:

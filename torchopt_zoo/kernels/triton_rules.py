@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import as_float
+from .._validation import as_float, check_one_element
 
 BLOCK = 2048
 
@@ -276,8 +276,7 @@ def kernel_lr(lr, device: torch.device) -> float | torch.Tensor:
     pointer the kernels read (no host sync, as torch's fused Adam takes a device ``lr``; a
     scheduler's in-place update of it takes effect), anything else as a float."""
     if isinstance(lr, torch.Tensor) and lr.device == device:
-        if lr.numel() != 1:
-            raise ValueError(f"lr as a Tensor must have one element, got shape {tuple(lr.shape)}")
+        check_one_element("lr", lr)
         return lr
     return as_float("lr", lr)
 
