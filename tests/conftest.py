@@ -23,25 +23,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-# Every zoo optimizer with the option sets the tests sweep (constructor kwargs beyond lr).
-CONFIGS = [
-    (zoo.Adam, {}),
-    (zoo.Adam, {"amsgrad": True, "weight_decay": 0.1}),
-    (zoo.Adam, {"maximize": True, "decoupled_weight_decay": True, "weight_decay": 0.1}),
-    (zoo.AdamW, {}),
-    (zoo.Adagrad, {"lr_decay": 0.01, "initial_accumulator_value": 0.1}),
-    (zoo.AdaGradNorm, {}),
-    (zoo.AdaGradNorm, {"weight_decay": 0.1, "b0": 1.0}),
-    (zoo.RMSprop, {}),
-    (zoo.RMSprop, {"momentum": 0.5, "centered": True}),
-    (zoo.AdaBelief, {}),
-    (zoo.AdaBelief, {"eps_mode": "original", "weight_decay": 0.1}),
-    (zoo.DiffGrad, {}),
-    (zoo.DiffGrad, {"eps_mode": "original", "decoupled_weight_decay": True, "weight_decay": 0.1}),
-    (zoo.GD, {}),
-    (zoo.GD, {"momentum": 0.9, "nesterov": True}),
-    (zoo.GD, {"momentum": 0.5, "dampening": 0.1}),
-]
+# Every registered zoo optimizer with the option sets its rule module declares (constructor kwargs
+# beyond lr): a new rule is swept by every test that reads CONFIGS.
+CONFIGS = [(cls, kw) for cls in zoo.OPTIMIZERS for kw in cls.configs]
 
 
 def config_id(cfg):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import CONFIGS, config_id
 
 import torchopt_zoo as zoo
-from torchopt_zoo.kernels import fused as _fused
+from torchopt_zoo.tiers import flat as _fused
 
 pytest.importorskip("triton")
 
@@ -89,7 +89,7 @@ def check_fused_matches_reference(cfg, data, dtype, triton):
     for group in opt.param_groups:  # one bucket per dtype of the trainable parameters; frozen ones stay out
         dtypes = list(dict.fromkeys(p.dtype for p in group["params"] if p.requires_grad))
         fused = opt._fused.get(id(group))
-        if not dtypes or (len(dtypes) > 1 and opt._group_wide_state):
+        if not dtypes or (len(dtypes) > 1 and opt.rule.group_wide):
             assert fused is None
             continue
         assert [b.param.dtype for b in fused.buckets] == dtypes
@@ -342,7 +342,7 @@ def test_a_group_mixing_dtypes_with_frozen_parameters_takes_the_fast_path(config
     monkeypatch.setattr(opt, "_fused_group", lambda *a: slow_steps.append(1) or original(*a))
     train([(model, opt), (twin, ref)], range(5))
     assert_close_models(model, twin, torch.bfloat16)
-    if opt._group_wide_state:  # AdaGrad-Norm's norm spans the group: one dtype per fused group
+    if opt.rule.group_wide:  # AdaGrad-Norm's norm spans the group: one dtype per fused group
         assert not opt._fused
         return
     (fused,) = opt._fused.values()
@@ -380,8 +380,8 @@ def test_a_tensor_lr_is_read_on_the_device_and_follows_its_scheduler(config, bac
     opt, ref = cls(model.parameters(), lr=torch.tensor(lr0), **kw), cls(twin.parameters(), lr=lr0, **kw)
     scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (opt, ref)]
     if backend:
-        from torchopt_zoo import base
-        from torchopt_zoo.kernels import triton_rules
+        from torchopt_zoo.core import optimizer as base
+        from torchopt_zoo.tiers import triton as triton_rules
 
         def no_host_read(name, value):
             assert not isinstance(value, torch.Tensor), "the step read a tensor lr on the host"

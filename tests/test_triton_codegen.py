@@ -3,7 +3,8 @@
 The interpreter (tests/test_fused.py) checks what the kernels compute; this checks what the GPU
 would execute: every kernel of every config compiles for sm_90, as the JIT specialises a launch over
 a real bucket, and its PTX moves each flat buffer once per step with 128-bit accesses, i.e. exactly
-the bytes of ALGORITHMS.md section 7 (the floor the issue measures step time against). Compiling
+the floor bytes each rule module declares (docs/algorithms.md section 7), which step time is
+measured against. Compiling
 needs a process without ``TRITON_INTERPRET=1``, so one subprocess runs this file as a script.
 """
 
@@ -20,19 +21,21 @@ pytest.importorskip("triton")
 
 from conftest import CONFIGS, config_id  # noqa: E402
 
+import torchopt_zoo as zoo  # noqa: E402
+
 DTYPES = ("float32", "bfloat16")
 SHAPES = [(5,), (20, 15), (17,)]  # 322 elements: the buckets pad them to 336
-# ALGORITHMS.md section 7: bytes per fp32 parameter of one step
-SECTION_7 = {"Adam": 28, "Adam-amsgrad=True-weight_decay=0.1": 36, "AdaBelief": 28, "DiffGrad": 36,
-             "Adagrad-lr_decay=0.01-initial_accumulator_value=0.1": 20, "RMSprop": 20,
-             "GD-momentum=0.5-dampening=0.1": 20}
+
+
+def zoo_adam_rule():
+    return zoo.Adam.rule
 
 
 def _compile_all() -> dict:
     """Run in the subprocess: the traffic of every config's step launches, per dtype."""
     import torch
 
-    from torchopt_zoo.kernels import triton_codegen, triton_rules
+    from torchopt_zoo.tiers import codegen as triton_codegen, triton as triton_rules
 
     out = {}
     for cls, kw in CONFIGS:
@@ -55,7 +58,7 @@ def _compile_all() -> dict:
                 out[key] = {"traffic": [vars(t) for t in traffic], "states": len(bucket.flats),
                             "n": bucket.param.numel()}
     # a group past 2**31 elements: 64-bit offsets (LARGE), still one vectorised pass
-    kernel, _, args, constexprs = triton_rules.launches("adam", *adam, {}, None, None)[0]
+    kernel, _, args, constexprs = triton_rules.launches(zoo_adam_rule(), *adam, {}, None, None)[0]
     args = (*args[:5], 2**31 + 2**20, *args[6:])
     compiled = triton_codegen.compile_launch(kernel, args, {**constexprs, "LARGE": True})
     out["large"] = {"traffic": [vars(triton_codegen.traffic(compiled, constexprs["BLOCK"]))],
@@ -96,8 +99,18 @@ def test_one_vectorised_pass_per_step(compiled, cfg, dtype):
         assert t["scalar_stores"] == 0  # every per-element store is 128 bits wide
         assert t["scalar_loads"] <= 1  # only the 0-dim step count (no per-element scalar loads)
     assert sum(t["atomics"] for t in traffic) == (1 if name.startswith("AdaGradNorm") else 0)
-    if dtype == "float32" and name in SECTION_7:
-        assert sum(t["bytes_per_element"] for t in traffic) == SECTION_7[name]
+    if dtype == "float32" and not cfg[1]:  # the rule's defaults: exactly the floor its module declares
+        assert sum(t["bytes_per_element"] for t in traffic) == cfg[0].rule.floor_bytes
+
+
+@pytest.mark.parametrize("cls", zoo.OPTIMIZERS, ids=lambda c: c.__name__)
+def test_every_rule_declares_its_floor_and_is_compiled(compiled, cls):
+    """A registered rule without floor bytes, a Triton kernel or a default config fails here."""
+    assert isinstance(cls.rule.floor_bytes, int) and cls.rule.floor_bytes > 0
+    assert cls.rule.launches is not None, f"{cls.__name__} has no Triton kernel"
+    assert cls.configs and cls.configs[0] == {}, "the first config must be the rule's defaults"
+    for dtype in DTYPES:
+        assert f"{cls.__name__}/{dtype}" in compiled
 
 
 def test_amp_operands_add_no_per_element_traffic(compiled):

@@ -1,15 +1,19 @@
-"""torchopt_zoo: drop-in ``torch.optim`` optimizers on one direction-rule / step-size core."""
+"""torchopt_zoo: drop-in ``torch.optim`` optimizers on one direction-rule / step-size core.
+
+Every optimizer is a direction rule (``torchopt_zoo/rules/<name>.py``, one module per rule) plus a
+step size (a learning rate, a line search from :mod:`torchopt_zoo.stepsize`, or an estimated
+smoothness); docs/architecture.md describes the layout."""
 
 from . import batch, compression, schedules, stepsize
-from .base import ZooOptimizer
+from .accelerated import BregmanAccelerated, HigherOrderAccelerated
 from .batch import AdAdaGrad, AdAdaGradNorm
-from .optim import (GD, AdaBelief, Adagrad, AdaGradNorm, Adam, AdamW, BregmanAccelerated, DiffGrad,
-                    HigherOrderAccelerated, RMSprop)
+from .core.optimizer import ZooOptimizer
+from .rules import (GD, OPTIMIZERS, AdaBelief, Adagrad, AdaGradNorm, Adam, AdamW, DiffGrad, RMSprop)
 from .stepsize import Armijo, Backtracking, DescentLemma, line_search
 
 __version__ = "0.1.0"
 
-__all__ = ["ZooOptimizer", "GD", "AdaBelief", "Adagrad", "AdaGradNorm", "Adam", "AdamW",
+__all__ = ["ZooOptimizer", "OPTIMIZERS", "GD", "AdaBelief", "Adagrad", "AdaGradNorm", "Adam", "AdamW",
            "DiffGrad", "RMSprop", "BregmanAccelerated",
            "HigherOrderAccelerated", "Armijo", "Backtracking", "DescentLemma", "line_search",
            "AdAdaGrad", "AdAdaGradNorm", "stepsize", "schedules", "compression", "batch"]

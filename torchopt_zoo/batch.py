@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_choice, check_int, check_range
-from .optim.adaptive import Adagrad, AdaGradNorm
+from .rules import Adagrad, AdaGradNorm
 
 TESTS = ("norm", "inner_product", "orthogonality", "augmented", "coordinate")
 

@@ -34,10 +34,7 @@ _ADAM_LIKE_TORCH = tuple(getattr(torch.optim, n) for n in
 
 def is_adam_like(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` is diagonal-adaptive (Adam/AdaGrad/RMSProp family, torch or zoo)."""
-    from .optim import adaptive
-    zoo_like = (adaptive._AdamFamily, adaptive.Adagrad, adaptive.RMSprop)
-    return isinstance(optimizer, _ADAM_LIKE_TORCH + zoo_like) and not isinstance(
-        optimizer, adaptive.AdaGradNorm)
+    return isinstance(optimizer, _ADAM_LIKE_TORCH) or getattr(type(optimizer), "diagonal_adaptive", False)
 
 
 class _FactorSchedule(LRScheduler):

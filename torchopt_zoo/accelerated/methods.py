@@ -1,4 +1,4 @@
-"""Accelerated methods from the Bregman Lagrangian (ALGORITHMS.md section 2).
+"""Accelerated methods from the Bregman Lagrangian (docs/algorithms.md, "Accelerated methods").
 
 Wibisono, Wilson & Jordan, "A Variational Perspective on Accelerated Methods in Optimization"
 (arXiv:1603.04245); Wilson, Recht & Jordan, "A Lyapunov Analysis of Momentum Methods"
@@ -17,8 +17,8 @@ from torch import Tensor
 
 from .._pickling import PicklesAttributes
 from .._validation import check_choice, check_int, check_range
-from ..kernels import fused as _fused
-from ..kernels.direction import inner
+from ..tiers import flat as _fused
+from ..core.direction import inner
 from ..stepsize import trials as _trials
 from ..stepsize.backtracking import Backtracking
 from ..stepsize.criteria import DescentLemma
@@ -110,7 +110,7 @@ class BregmanAccelerated(_SingleGroup):
 
     The Euclidean updates are elementwise: with ``fused=None`` (default) the parameters, ``z``,
     ``y`` and a copy of the gradient live in flat buffers where the parameters qualify (see
-    :mod:`torchopt_zoo.kernels.fused`; one device and dtype), so a step is four single-pass ops
+    :mod:`torchopt_zoo.tiers.flat`; one device and dtype), so a step is four single-pass ops
     (``x = lerp(y, z, tau)``; the gradient copied in; ``x -= g / L``; ``z -= a g``, ``y = x``)
     whatever the number of tensors; ``fused=False`` runs the same ops over the tensor lists,
     ``fused=True`` insists on the flat buffers.

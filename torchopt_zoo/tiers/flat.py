@@ -46,7 +46,9 @@ import os
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+from .._validation import as_float
+from ..core.direction import apply_foreach
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 SMALL_NUMEL = 1 << 14
@@ -143,14 +145,18 @@ def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[di
     return ""
 
 
-def pays_off(name: str, params: list[Tensor], step: Tensor) -> bool:
-    """Whether flat buffers beat the list tier for rule ``name``: always with a single-pass kernel
-    (Triton, or torch's fused Adam); with multi-pass torch ops only on small tensors (mean at most
-    ``SMALL_NUMEL`` elements), where per-tensor overhead dominates. On large tensors each op's
+def pays_off(rule, params: list[Tensor], step: Tensor) -> bool:
+    """Whether flat buffers beat the list tier for ``rule``: always with a single-pass kernel
+    (Triton, or torch's own for the rule); with multi-pass torch ops only on small tensors (mean at
+    most ``SMALL_NUMEL`` elements), where per-tensor overhead dominates. On large tensors each op's
     temporaries over one huge buffer cost more than the list tier saves (bench/step_speed.py)."""
     first = params[0]
-    return (use_triton(first.device, first.dtype) or _has_torch_kernel(name, first, step.dtype)
+    return (use_triton(first.device, first.dtype) or _torch_kernel(rule, first, step.dtype) is not None
             or sum(p.numel() for p in params) <= SMALL_NUMEL * len(params))
+
+
+def _torch_kernel(rule, param: Tensor, step_dtype: torch.dtype):
+    return None if rule.torch_kernel is None else rule.torch_kernel(param, step_dtype)
 
 
 def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
@@ -170,11 +176,13 @@ def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
 class FlatBucket:
     """Parameters (of one device and dtype) and their per-parameter state in flat buffers: each
     ``p.data`` and each state tensor shaped like its parameter becomes a view of one buffer per
-    key (``flats``, in the state's dtype); ``step`` counters, where the states have them, become
-    0-dim views of ``steps`` on the parameters' device. ``length``: the buffers' length (the
-    parameters' total, or more for zero padding)."""
+    key (``flats``, in the state's dtype); the 0-dim per-parameter state under ``scalar_keys``
+    (``step`` counters, NAdam's ``mu_product``), where the states have it, becomes 0-dim views of
+    one stacked tensor per key on the parameters' device (``scalars``; ``steps`` for ``step``).
+    ``length``: the buffers' length (the parameters' total, or more for zero padding)."""
 
-    def __init__(self, params: list[Tensor], states: list[dict], length: int | None = None) -> None:
+    def __init__(self, params: list[Tensor], states: list[dict], length: int | None = None,
+                 scalar_keys: tuple[str, ...] = ("step",)) -> None:
         self.members, self.n = params, len(params)
         self.numels = [p.numel() for p in params]
         first = params[0]
@@ -189,18 +197,20 @@ class FlatBucket:
             self.offsets.append(self.offsets[-1] + n)
         self.flats: dict[str, Tensor] = {}
         for key, value in states[0].items():
-            if key != "step" and isinstance(value, Tensor) and all(
+            if key not in scalar_keys and isinstance(value, Tensor) and all(
                     isinstance(s.get(key), Tensor) and s[key].shape == p.shape for s, p in zip(states, params)):
                 self.flats[key], views = _flat_copy([s[key] for s in states], self.numels, value.dtype,
                                                        self.param.numel())
                 for state, view in zip(states, views):
                     state[key] = view
                 del views, view  # (counted by record_views)
-        self.steps = None
-        if "step" in states[0]:
-            self.steps = torch.stack([s["step"] for s in states]).to(first.device)
-            for state, view in zip(states, self.steps.unbind()):
-                state["step"] = view
+        self.scalars: dict[str, Tensor] = {}
+        for key in scalar_keys:
+            if all(isinstance(s.get(key), Tensor) for s in states):
+                self.scalars[key] = torch.stack([s[key] for s in states]).to(first.device)
+                for state, view in zip(states, self.scalars[key].unbind()):
+                    state[key] = view
+        self.steps = self.scalars.get("step")
         self.record_views()
 
     def _outside(self, flat: Tensor, tensors: list[Tensor]) -> list[int]:
@@ -233,11 +243,12 @@ class FlatBucket:
 class FusedBucket(FlatBucket):
     """A :class:`FlatBucket` of a param group with a flat gradient buffer, stepped in one pass."""
 
-    def __init__(self, params: list[Tensor], states: list[dict]) -> None:
+    def __init__(self, params: list[Tensor], states: list[dict], rule) -> None:
         first = params[0]
         self.triton = use_triton(first.device, first.dtype)
         total = sum(p.numel() for p in params)
-        super().__init__(params, states, padded(total) if self.triton else total)
+        super().__init__(params, states, padded(total) if self.triton else total,
+                         ("step", *rule.scalar_state))
         self.grad = _adopt([p.grad for p in params])
         if self.grad is not None and self.grad.numel() != self.param.numel():
             self.grad = None
@@ -299,12 +310,27 @@ class FusedBucket(FlatBucket):
         return others
 
     # ---------------------------------------------------------------- steps
-    def advance(self) -> list[float]:
-        """Count one step for every parameter; the new (common) step count, as the rules take it."""
-        self.steps.add_(1)
-        return [self.steps[0].item()]
-
-    def stepped(self) -> None:
+    def step(self, rule, group: dict, group_state: dict, grad_scale: Tensor | None,
+             found_inf: Tensor | None, prepare, direction) -> None:
+        """One step of ``rule`` over the bucket: the Triton kernels (:mod:`.triton`), else torch's own
+        kernel for the rule, else the rule's multi-tensor math over the flat tensors.
+        ``prepare(params, grads)`` and ``direction(rule_fn, params, grads, states, steps)`` are the
+        optimizer's gradient preparation and rule call, for the last two."""
+        if self.triton:
+            from . import triton as _triton  # only where Triton runs
+            _triton.step(rule, group, self, group_state, grad_scale, found_inf)
+        elif found_inf is None or not found_inf.item():
+            lr = as_float("lr", group["lr"])
+            self.steps.add_(1)
+            steps = [self.steps[0].item()]
+            grad = prepare([self.param], [self.grad])[0]
+            run = _torch_kernel(rule, self.param, self.steps.dtype)
+            if run is None or grad.dtype != self.param.dtype:
+                states = {**self.flats, **self.scalars}
+                d = direction(rule.foreach, [self.param], [grad], [states], steps)
+                apply_foreach([self.param], d, lr)
+            else:
+                run(group, self, grad, lr)
         self._grad_version = self.grad._version
 
 
@@ -313,9 +339,9 @@ class FusedGroup:
     gradients. Parameters without a gradient that do not require one (frozen) stay out; the fast
     path checks that they still have none."""
 
-    def __init__(self, group_params: list[Tensor], params: list[Tensor], states: list[dict]) -> None:
+    def __init__(self, group_params: list[Tensor], params: list[Tensor], states: list[dict], rule) -> None:
         self.group_list, self.n = group_params, len(group_params)
-        self.buckets = [FusedBucket(ps, ss) for ps, ss in partition(params, states)]
+        self.buckets = [FusedBucket(ps, ss, rule) for ps, ss in partition(params, states)]
         held = {id(p) for p in params}
         self.frozen = [p for p in group_params if id(p) not in held]
 
@@ -354,24 +380,3 @@ def _flat_copy(tensors: list[Tensor], numels: list[int], dtype: torch.dtype,
     views = [v.view(t.shape) for v, t in zip(flat[:total].split(numels), tensors)]
     torch._foreach_copy_(views, [t.detach() for t in tensors])
     return flat, views
-
-
-def torch_kernel(name: str, group: dict, bucket: FusedBucket, grad: Tensor, lr: float) -> bool:
-    """Run torch's own single-pass kernel for rule ``name`` over the bucket where torch has one
-    for its device and dtype (Adam and AMSGrad: ``torch._fused_adam_``); False where it has none.
-    ``grad`` is already prepared (maximize, coupled weight decay; decoupled decay is applied)."""
-    param = bucket.param
-    if grad.dtype != param.dtype or not _has_torch_kernel(name, param, bucket.steps.dtype):
-        return False
-    beta1, beta2 = group["betas"]
-    flats = bucket.flats
-    torch._fused_adam_([param], [grad], [flats["exp_avg"]], [flats["exp_avg_sq"]],
-                       [flats["max_exp_avg_sq"]] if group["amsgrad"] else [], [bucket.steps[0]],
-                       lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
-                       amsgrad=group["amsgrad"], maximize=False)
-    return True
-
-
-def _has_torch_kernel(name: str, param: Tensor, step_dtype: torch.dtype) -> bool:
-    return (name == "adam" and param.dtype not in LOW_PRECISION and step_dtype == torch.float32
-            and param.device.type in _get_fused_kernels_supported_devices())

@@ -1,7 +1,8 @@
 """``ZooOptimizer``: the ``torch.optim.Optimizer`` subclass every zoo optimizer is built on.
 
-A zoo optimizer is a *direction rule* (how state and gradient become an update direction, written
-once per tier in :mod:`torchopt_zoo.kernels`) plus a step size. This class keeps torch's contract
+A zoo optimizer is a *direction rule* (how state and gradient become an update direction: a
+:class:`~.rule.Rule` written once per tier in its own module, ``torchopt_zoo/rules/<name>.py``)
+plus a step size. This class keeps torch's contract
 around it:
 
 * param groups, ``add_param_group`` (validated before it is added), per-group hyperparameters,
@@ -14,7 +15,7 @@ around it:
 * never writes into ``p.grad`` and never keeps a reference to it in state;
 * tiers: ``foreach=False`` runs the reference rule tensor by tensor, ``foreach=True`` the
   multi-tensor rule over the list of tensors; the default (``fused=None``, ``foreach=None``) runs
-  the fused tier (:mod:`torchopt_zoo.kernels.fused`: parameters, gradients and state in flat
+  the fused tier (:mod:`torchopt_zoo.tiers.flat`: parameters, gradients and state in flat
   buffers, one Triton kernel per step on CUDA) where the group qualifies, else the multi-tensor
   list tier; ``fused=True`` insists on the fused tier (bench/step_speed.py measures all of them);
 * AMP: ``torch.amp.GradScaler`` hands the step its ``grad_scale`` and ``found_inf`` (as it does
@@ -30,12 +31,13 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
-from ._pickling import PicklesAttributes
-from ._validation import as_float, check_choice, check_range
-from .kernels import direction as _direction
-from .kernels import fused as _fused
-from .stepsize import trials as _trials
-from .stepsize.backtracking import Backtracking
+from .._pickling import PicklesAttributes
+from .._validation import as_float, check_choice, check_range
+from ..stepsize import trials as _trials
+from ..stepsize.backtracking import Backtracking
+from ..tiers import flat as _fused
+from . import direction as _direction
+from .rule import Rule
 
 STAT_KEYS = ("steps", "function_evals", "gradient_evals", "trials", "failures", "fallbacks")
 
@@ -43,6 +45,11 @@ TIERS = {
     "reference": _direction.apply_reference,
     "foreach": _direction.apply_foreach,
 }
+
+
+def zeros_state(p: Tensor) -> Tensor:
+    """Zero state for ``p`` (float32 for bf16/fp16 parameters), as torch.optim creates it."""
+    return torch.zeros_like(p, dtype=_fused.state_dtype(p), memory_format=torch.preserve_format)
 
 
 def _copy_stats(stats: dict) -> dict:
@@ -55,14 +62,15 @@ def _scalar_dtype() -> torch.dtype:
 
 
 class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
-    """Base class: subclasses set ``_rules`` (``{"reference": fn, "foreach": fn, "fused": name}``), implement
-    :meth:`_new_state` and :meth:`_check_group`, and pass their defaults (which must include
-    ``lr``, ``weight_decay``, ``maximize``, ``decoupled_weight_decay``, ``foreach`` and ``fused``);
-    ``_rules["fused"]`` names the rule's fused kernel (:mod:`torchopt_zoo.kernels.triton_rules`).
-    A rule with state over the whole group (:meth:`_shared_state`) sets ``_group_wide_state``."""
+    """Base class: subclasses set ``rule`` (a :class:`~.rule.Rule`), implement :meth:`_new_state`
+    and :meth:`_check_group`, and pass their defaults (which must include ``lr``,
+    ``weight_decay``, ``maximize``, ``decoupled_weight_decay``, ``foreach`` and ``fused``). A rule
+    with state over the whole group (``rule.group_wide``) also implements :meth:`_shared_state`."""
 
-    _rules: ClassVar[dict[str, Callable]]
-    _group_wide_state: ClassVar[bool] = False
+    rule: ClassVar[Rule]
+    # a per-coordinate (diagonal) preconditioner, as Adam's or AdaGrad's: schedules.refine weighs
+    # such optimizers' gradient norms in l1, others in l2
+    diagonal_adaptive: ClassVar[bool] = False
     _pickled = ("line_search",)
 
     def __init__(self, params, defaults: dict[str, Any], line_search: Backtracking | None = None) -> None:
@@ -183,21 +191,21 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
 
     def _fused_group(self, group, params, grads, states) -> _fused.FusedGroup | None:
         """The group's fused buckets, holding ``grads``, or None when the group does not qualify
-        at this step (see :mod:`torchopt_zoo.kernels.fused`)."""
+        at this step (see :mod:`torchopt_zoo.tiers.flat`)."""
         fused = self._fused.get(id(group))
         if fused is None or not fused.holds(group["params"], params):
             # give the old buckets up first: their buffers would count as tensors sharing the storage
             self._fused.pop(id(group), None)
             fused = None
-            reason = _fused.ineligible(group["params"], params, states, self._group_wide_state)
+            reason = _fused.ineligible(group["params"], params, states, self.rule.group_wide)
             if reason:
                 if group["fused"]:
                     raise ValueError(f"fused=True: the fused tier cannot take this param group: {reason}; "
                                      "use fused=None to fall back to the multi-tensor tier")
                 return None
-            if group["fused"] is None and not _fused.pays_off(self._rules["fused"], params, states[0]["step"]):
+            if group["fused"] is None and not _fused.pays_off(self.rule, params, states[0]["step"]):
                 return None
-            fused = self._fused[id(group)] = _fused.FusedGroup(group["params"], params, states)
+            fused = self._fused[id(group)] = _fused.FusedGroup(group["params"], params, states, self.rule)
         fused.load(params, grads)
         return fused
 
@@ -210,22 +218,19 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         return True
 
     def _fused_step(self, group, fused, grad_scale, found_inf) -> None:
-        for bucket in fused.buckets:
-            if bucket.triton:  # reads a device tensor lr on the device
-                from .kernels import triton_rules
-                triton_rules.step(self._rules["fused"], group, bucket, self._shared_state(group),
-                                  grad_scale, found_inf)
-            elif found_inf is None or not found_inf.item():
-                lr = as_float("lr", group["lr"])
-                steps = bucket.advance()
-                _, grads = self._prepare(group, [bucket.param], [bucket.grad], "foreach", grad_scale)
-                if not _fused.torch_kernel(self._rules["fused"], group, bucket, grads[0], lr):
-                    d = self._direction(self._rules["foreach"], group, [bucket.param], grads, [bucket.flats], steps)
-                    _direction.apply_foreach([bucket.param], d, lr)
-            bucket.stepped()
+        def prepare(params, grads):
+            return self._prepare(group, params, grads, "foreach", grad_scale)[1]
 
-    def _direction(self, rule, group, params, grads, states, steps) -> _direction.Direction:
-        return rule(group, params, grads, states, steps)
+        def direction(rule_fn, params, grads, states, steps):
+            return self._direction(rule_fn, group, params, grads, states, steps)
+
+        for bucket in fused.buckets:
+            bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf, prepare, direction)
+
+    def _direction(self, rule_fn, group, params, grads, states, steps) -> _direction.Direction:
+        if self.rule.group_wide:
+            return rule_fn(group, params, grads, states, steps, self._shared_state(group))
+        return rule_fn(group, params, grads, states, steps)
 
     def _step_counts(self, states, tier) -> list[float]:
         step_tensors = [s["step"] for s in states]
@@ -245,8 +250,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             params = [_direction.real_view(p) for p in params]
             grads = [_direction.real_view(g) for g in grads]
         params, grads = self._prepare(group, params, grads, tier, grad_scale)
-        rule = self._rules["foreach" if tier == "fused" else tier]
-        return params, grads, self._direction(rule, group, params, grads, states, steps)
+        rule_fn = self.rule.reference if tier == "reference" else self.rule.foreach
+        return params, grads, self._direction(rule_fn, group, params, grads, states, steps)
 
     # ----------------------------------------------------------------- gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -296,7 +301,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         return value
 
     def _searched_step(self, closure):
-        """``x <- x + alpha * lr * d`` with ``alpha`` from ``self.line_search`` (ALGORITHMS.md s.1).
+        """``x <- x + alpha * lr * d`` with ``alpha`` from ``self.line_search`` (docs/algorithms.md,
+        "Line search").
 
         One gradient evaluation (the closure with gradients enabled), then forward-only trials.
         A failed search leaves parameters and state exactly as they were and is reported; a

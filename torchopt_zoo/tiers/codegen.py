@@ -1,13 +1,13 @@
 """What the fused tier's Triton kernels become on an NVIDIA GPU, read without one.
 
-:func:`compile_launch` compiles one launch of :func:`.triton_rules.launches` ahead of time for an
+:func:`compile_launch` compiles one launch of :func:`.triton.launches` ahead of time for an
 NVIDIA architecture (Triton's own compiler and the ``ptxas`` it ships; no GPU or driver needed),
 specialised as Triton's JIT specialises a real launch: pointers aligned to 16 bytes and integers
 divisible by 16 are marked so. :func:`traffic` reads the PTX's global loads and stores: the bytes
 each element of the flat buffers costs, and whether every per-element access is 128 bits wide;
 :func:`step_traffic` does both for every launch of one fused step, :func:`optimizer_traffic` for
-an optimizer's first param group. The tests check every rule
-against ALGORITHMS.md section 7 this way, on CPU-only CI, and ``bench/step_speed.py`` prints it.
+an optimizer's first param group. The tests check every registered rule
+against its floor bytes (docs/algorithms.md section 7) this way, on CPU-only CI, and ``bench/step_speed.py`` prints it.
 """
 
 from __future__ import annotations
@@ -84,16 +84,15 @@ def traffic(compiled, block: int) -> Traffic:
     return Traffic(vector_bytes * threads / block, scalar_loads, scalar_stores, atomics)
 
 
-def step_traffic(name: str, group: dict, bucket, group_state: dict, arch: int = 90,
+def step_traffic(rule, group: dict, bucket, group_state: dict, arch: int = 90,
                  grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None) -> list[Traffic]:
-    """:class:`Traffic` of every kernel one fused step of rule ``name`` over ``bucket`` launches,
+    """:class:`Traffic` of every kernel one fused step of ``rule`` over ``bucket`` launches,
     compiled for ``sm_<arch>``. Needs a process without ``TRITON_INTERPRET=1`` (the interpreter
     replaces ``triton.language``'s own jit functions, which the compiler then cannot use)."""
-    from . import triton_rules
+    from . import triton as _triton
 
     result = []
-    for kernel, _, args, constexprs in triton_rules.launches(name, group, bucket, group_state, grad_scale,
-                                                             found_inf):
+    for kernel, _, args, constexprs in _triton.launches(rule, group, bucket, group_state, grad_scale, found_inf):
         if not isinstance(kernel, triton.runtime.JITFunction):
             raise RuntimeError("step_traffic: the kernels are interpreted (TRITON_INTERPRET=1 was set when "
                                "Triton was imported); compile them in a process without it")
@@ -116,5 +115,5 @@ def optimizer_traffic(optimizer, arch: int = 90, grad_scale: torch.Tensor | None
             del os.environ["TORCHOPT_ZOO_TRITON"]
         else:
             os.environ["TORCHOPT_ZOO_TRITON"] = saved
-    return bucket, step_traffic(optimizer._rules["fused"], group, bucket, optimizer._shared_state(group), arch,
+    return bucket, step_traffic(optimizer.rule, group, bucket, optimizer._shared_state(group), arch,
                                 grad_scale, found_inf)

@@ -39,6 +39,14 @@ def inner(xs: list[Tensor], ys: list[Tensor]) -> float:
                               for x, y in zip(xs, ys)]).sum())
 
 
+def per_step(steps: list[float], fn):
+    """``fn(t)`` for each parameter's step, a single float when all steps agree (the usual case)."""
+    if all(t == steps[0] for t in steps):
+        return fn(steps[0])
+    cache = {}
+    return [cache.setdefault(t, fn(t)) for t in steps]
+
+
 def state_tensors(states: list[dict], key: str) -> list[Tensor]:
     """The tensors stored under ``key`` in each state, complex ones as real views (as torch does)."""
     return [real_view(s[key]) for s in states]

@@ -1,0 +1,1 @@
+"""The optimizer base, the Rule record and registry, and the direction a rule returns."""

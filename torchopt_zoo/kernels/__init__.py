@@ -1,1 +1,0 @@
-"""Direction rules by tier: ``reference`` (per-tensor math), ``foreach`` (multi-tensor kernels)."""

@@ -1,0 +1,14 @@
+"""One module per update rule: its state keys, reference math, multi-tensor math, Triton kernel and
+launch arguments, floor bytes, and the optimizer classes built on it (docs/adding-an-optimizer.md).
+Importing this package registers every rule's optimizers in :data:`OPTIMIZERS`, in this order."""
+
+from ..core.rule import OPTIMIZERS
+from .adam import Adam, AdamW
+from .adagrad import Adagrad
+from .adagrad_norm import AdaGradNorm
+from .rmsprop import RMSprop
+from .adabelief import AdaBelief
+from .diffgrad import DiffGrad
+from .gd import GD
+
+__all__ = ["OPTIMIZERS", "Adam", "AdamW", "Adagrad", "AdaGradNorm", "RMSprop", "AdaBelief", "DiffGrad", "GD"]

@@ -1,0 +1,85 @@
+"""AdaGrad in every tier (Duchi, Hazan & Singer, JMLR 2011; docs/algorithms.md, "AdaGrad"), as
+torch.optim.Adagrad: ``s += g^2``, ``p -= clr g / (sqrt(s) + eps)``, ``clr = lr / (1 + (t-1) lr_decay)``."""
+
+from __future__ import annotations
+
+import torch
+
+from .._validation import check_range
+from ..core.direction import Direction, per_step, real_view, state_tensors
+from ..core.optimizer import ZooOptimizer
+from ..core.rule import Launch, Rule, register
+from ..tiers import triton as T
+from ..tiers.flat import state_dtype
+from ..tiers.triton import jit, tl
+
+SUM = "sum"
+
+
+def reference(group, params, grads, states, steps):
+    nums, denoms, coefs = [], [], []
+    for g, state, t in zip(grads, states, steps):
+        s = real_view(state[SUM])
+        s.addcmul_(g, g, value=1)
+        nums.append(g), denoms.append(s.sqrt().add_(group["eps"]))
+        coefs.append(1 / (1 + (t - 1) * group["lr_decay"]))
+    return Direction(nums, denoms, coefs)
+
+
+def foreach(group, params, grads, states, steps):
+    s = state_tensors(states, SUM)
+    torch._foreach_addcmul_(s, grads, grads, 1)
+    denom = torch._foreach_sqrt(s)
+    torch._foreach_add_(denom, group["eps"])
+    return Direction(list(grads), denom, per_step(steps, lambda t: 1 / (1 + (t - 1) * group["lr_decay"])))
+
+
+@jit
+def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, s_ptr, lr_decay, eps,
+           HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
+           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = T.scalar(lr, LR_PTR)
+    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    s = T.load(s_ptr, offs, mask) + g * g
+    T.store(s_ptr, offs, s, mask)
+    clr = lr / (1 + (tl.load(step_ptr) - 1) * lr_decay)
+    T.store(p_ptr, offs, p - clr * g / (tl.sqrt(s) + eps), mask)
+
+
+def launches(group, bucket, group_state):
+    return [Launch(kernel, (bucket.flats[SUM],), (group["lr_decay"], group["eps"]))]
+
+
+RULE = Rule("adagrad", reference, foreach, floor_bytes=20, state=(SUM,), launches=launches)
+
+
+@register
+class Adagrad(ZooOptimizer):
+    r"""AdaGrad (Duchi, Hazan & Singer, JMLR 2011), a drop-in for ``torch.optim.Adagrad``:
+    ``s += g^2``, ``p -= clr g / (sqrt(s) + eps)`` with ``clr = lr / (1 + (t-1) lr_decay)``."""
+
+    diagonal_adaptive = True
+    rule = RULE
+    paper = "Duchi, Hazan & Singer 2011, JMLR 12"
+    twin = torch.optim.Adagrad
+    configs = [{}, {"lr_decay": 0.01, "initial_accumulator_value": 0.1}]
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                 eps=1e-10, foreach=None, *, fused=None, maximize=False, decoupled_weight_decay=False,
+                 line_search=None):
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, eps=eps,
+                        foreach=foreach, fused=fused, maximize=maximize,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, line_search)
+
+    def _check_group(self, group) -> None:
+        super()._check_group(group)
+        check_range("lr_decay", group["lr_decay"], 0.0)
+        check_range("initial_accumulator_value", group["initial_accumulator_value"], 0.0)
+        check_range("eps", group["eps"], 0.0)
+
+    def _new_state(self, p, group):
+        return {SUM: torch.full_like(p, group["initial_accumulator_value"], dtype=state_dtype(p),
+                                     memory_format=torch.preserve_format)}

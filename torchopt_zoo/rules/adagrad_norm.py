@@ -1,0 +1,94 @@
+"""AdaGrad-Norm in every tier (Ward, Wu & Bottou, arXiv:1806.01811; docs/algorithms.md,
+"AdaGrad-Norm"): one scalar for the whole group, ``b^2 += sum_i |g_i|^2``, ``p -= lr g / b``."""
+
+from __future__ import annotations
+
+import torch
+
+from .._validation import check_range
+from ..core.direction import Direction
+from ..core.optimizer import ZooOptimizer
+from ..core.rule import Launch, Rule, register
+from ..tiers import triton as T
+from ..tiers.flat import state_dtype
+from ..tiers.triton import jit, tl
+
+NORM_SUM_SQ = "norm_sum_sq"  # group-wide: in the state of the group's first parameter
+
+
+def reference(group, params, grads, states, steps, group_state):
+    b2 = group_state[NORM_SUM_SQ]
+    for g in grads:
+        b2.add_(g.square().sum().to(b2.device))
+    b = b2.sqrt()
+    return Direction([g / b.to(g.device) for g in grads], None, 1.0)
+
+
+def foreach(group, params, grads, states, steps, group_state):
+    b2 = group_state[NORM_SUM_SQ]
+    norms = torch._foreach_norm(grads)
+    b2.add_(torch.stack([n.to(b2.device) for n in norms]).square().sum())
+    b = b2.sqrt()
+    if {g.device for g in grads} == {b.device}:
+        return Direction(torch._foreach_div(grads, b), None, 1.0)
+    return Direction([g / b.to(g.device) for g in grads], None, 1.0)
+
+
+@jit
+def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, b2_ptr,
+           HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
+           WD: tl.constexpr, LR_PTR: tl.constexpr, NORM_PASS: tl.constexpr,
+           LARGE: tl.constexpr, BLOCK: tl.constexpr):
+    """Two launches: ``NORM_PASS``: ``b^2 += sum g^2`` (one atomic add per block); then
+    ``p -= lr g / sqrt(b^2)``."""
+    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = T.scalar(lr, LR_PTR)
+    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    if NORM_PASS:
+        tl.atomic_add(b2_ptr, tl.sum(g * g, axis=0))
+    else:
+        T.store(p_ptr, offs, p - lr * g / tl.sqrt(tl.load(b2_ptr)), mask)
+
+
+def launches(group, bucket, group_state):
+    b2 = (group_state[NORM_SUM_SQ],)
+    return [Launch(kernel, b2, (), {"NORM_PASS": True}), Launch(kernel, b2, (), {"NORM_PASS": False})]
+
+
+RULE = Rule("adagrad_norm", reference, foreach, floor_bytes=16, state=(), launches=launches, group_wide=True)
+
+
+@register
+class AdaGradNorm(ZooOptimizer):
+    r"""AdaGrad-Norm (Ward, Wu & Bottou, arXiv:1806.01811): one scalar step size for the whole
+    param group, ``b^2 += sum_i ||g_i||^2``, ``p -= lr g / b``, ``b_0 = b0``.
+
+    The scalar ``b^2`` is kept as ``norm_sum_sq`` in the state of the group's first parameter, so it
+    is saved and restored by ``state_dict()`` like any other state.
+    """
+
+    rule = RULE
+    paper = "Ward, Wu & Bottou 2019, [arXiv:1806.01811](https://arxiv.org/abs/1806.01811)"
+    twin = None
+    configs = [{}, {"weight_decay": 0.1, "b0": 1.0}]
+
+    def __init__(self, params, lr=1.0, b0=1e-2, weight_decay=0.0, *, foreach=None, fused=None, maximize=False,
+                 decoupled_weight_decay=False, line_search=None):
+        defaults = dict(lr=lr, b0=b0, weight_decay=weight_decay, foreach=foreach, fused=fused,
+                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, line_search)
+
+    def _check_group(self, group) -> None:
+        super()._check_group(group)
+        check_range("b0", group["b0"], 0.0, low_open=True)
+
+    def _new_state(self, p, group):
+        return {}
+
+    def _shared_state(self, group):
+        group_state = self._group_state(group)
+        if NORM_SUM_SQ not in group_state:
+            first = group["params"][0]
+            dtype = state_dtype(first.real if first.is_complex() else first)
+            group_state[NORM_SUM_SQ] = torch.tensor(float(group["b0"]) ** 2, dtype=dtype, device=first.device)
+        return group_state
