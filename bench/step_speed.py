@@ -2,7 +2,7 @@
 pytorch_optimizer, on a workload of 48 large tensors and one of 3,200 small tensors.
 
 Every row is measured in this run, on this machine; ratios are to torch's fused Adam on the same
-workload (> 1 means slower than it). Bytes per parameter (ALGORITHMS.md section 7) give the
+workload (> 1 means slower than it). Bytes per parameter (docs/algorithms.md section 7) give the
 memory-traffic floor of each update: the fraction of that floor a step reaches uses the measured
 device-to-device copy bandwidth. Only ``step()`` is timed. Before each step the gradients arrive as
 a backward pass delivers them after ``zero_grad(set_to_none=False)``: added in place into the
@@ -32,12 +32,15 @@ try:
 except ImportError:  # the peer is optional
     po = None
 
-# AdaGradNorm: p read and written, g read twice (the norm must be known before any update)
+# Every registered rule with its defaults, with the floor bytes per fp32 parameter its module declares
+# (docs/algorithms.md section 7), plus two variants: their floor is the rule's plus 8 bytes (one
+# more state buffer read and written).
+ZOO_ROWS = {cls.__name__: (lambda p, fe, cls=cls: cls(p, foreach=fe), cls.rule.floor_bytes) for cls in zoo.OPTIMIZERS}
+ZOO_ROWS["AMSGrad"] = (lambda p, fe: zoo.Adam(p, amsgrad=True, foreach=fe), zoo.Adam.rule.floor_bytes + 8)
+ZOO_ROWS["GD (heavy ball)"] = (lambda p, fe: zoo.GD(p, lr=1e-3, momentum=0.9, foreach=fe), zoo.GD.rule.floor_bytes + 8)
 # BregmanAccelerated (order 2, Euclidean): x = lerp(y, z, tau) reads z, y and writes p; the update
 # reads p, g, z and writes z, y, p
-BYTES_PER_PARAM = {"Adam": 28, "AdamW": 28, "AMSGrad": 36, "Adagrad": 20, "AdaGradNorm": 16,
-                   "RMSprop": 20, "AdaBelief": 28, "DiffGrad": 36, "GD (heavy ball)": 20,
-                   "BregmanAccelerated": 36}
+BYTES_PER_PARAM = {**{name: floor for name, (_, floor) in ZOO_ROWS.items()}, "BregmanAccelerated": 36}
 
 ZOO_DEFAULT = "zoo default (fused)"
 COPIED_IN = "zoo default (fused), gradients copied in"
@@ -46,18 +49,6 @@ WORKLOADS = {
     # name: (count, numel) per device
     "cpu": {"48 large": (48, 1 << 18), "3,200 small": (3200, 320)},
     "cuda": {"48 large": (48, 1 << 24), "3,200 small": (3200, 21_250)},
-}
-
-ZOO_ROWS = {  # name -> factory(params, foreach)
-    "Adam": lambda p, fe: zoo.Adam(p, foreach=fe),
-    "AdamW": lambda p, fe: zoo.AdamW(p, foreach=fe),
-    "AMSGrad": lambda p, fe: zoo.Adam(p, amsgrad=True, foreach=fe),
-    "Adagrad": lambda p, fe: zoo.Adagrad(p, foreach=fe),
-    "AdaGradNorm": lambda p, fe: zoo.AdaGradNorm(p, foreach=fe),
-    "RMSprop": lambda p, fe: zoo.RMSprop(p, foreach=fe),
-    "GD (heavy ball)": lambda p, fe: zoo.GD(p, lr=1e-3, momentum=0.9, foreach=fe),
-    "AdaBelief": lambda p, fe: zoo.AdaBelief(p, foreach=fe),
-    "DiffGrad": lambda p, fe: zoo.DiffGrad(p, foreach=fe),
 }
 
 
@@ -92,7 +83,7 @@ def candidates():
         ("RMSprop", "torch foreach", lambda p: torch.optim.RMSprop(p, foreach=True)),
         ("GD (heavy ball)", "torch foreach", lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, foreach=True)),
     ]
-    for name, make in ZOO_ROWS.items():
+    for name, (make, _) in ZOO_ROWS.items():
         rows.append((name, "zoo foreach (lists)", lambda p, make=make: make(p, True)))
         rows.append((name, ZOO_DEFAULT, lambda p, make=make: make(p, None)))
         if name == "Adam":
@@ -162,10 +153,10 @@ def copy_bandwidth(numel, device, repeats=10):
 
 def compiled_traffic(arch=90):
     """Bytes per parameter each zoo rule's fused step moves as Triton compiles it for ``sm_<arch>``
-    (an H100 for 90), read from the PTX without a GPU (``torchopt_zoo.kernels.triton_codegen``):
+    (an H100 for 90), read from the PTX without a GPU (``torchopt_zoo.tiers.codegen``):
     ``{name: (bytes, all per-element accesses 128-bit)}``. Empty where Triton cannot compile here."""
     try:
-        from torchopt_zoo.kernels import triton_codegen
+        from torchopt_zoo.tiers import codegen as triton_codegen
     except ImportError:
         print("\n(Triton is not installed: no compiled-kernel table)")
         return {}
@@ -175,14 +166,15 @@ def compiled_traffic(arch=90):
     print("|---|---|---|---|---|")
     result = {}
     try:
-        for name, make in ZOO_ROWS.items():
+        for name, (make, _) in ZOO_ROWS.items():
             params = [torch.randn(320, requires_grad=True) for _ in range(4)]
             opt = make(params, None)
             for p in params:
                 p.grad = torch.randn_like(p)
             traffic = triton_codegen.optimizer_traffic(opt, arch)[1]
             moved = sum(t.bytes_per_element for t in traffic)
-            wide = all(t.scalar_stores == 0 and t.scalar_loads <= 1 for t in traffic)
+            # per-element accesses all 128-bit; scalar loads only of the step and the rule's 0-dim state
+            wide = all(t.scalar_stores == 0 and t.scalar_loads <= 1 + len(opt.rule.scalar_state) for t in traffic)
             result[name] = (moved, wide)
             print(f"| {name} | {BYTES_PER_PARAM[name]} | {moved:g} | {'yes' if wide else 'no'} | {len(traffic)} |")
     except RuntimeError as e:  # e.g. TRITON_INTERPRET=1 in this process
@@ -227,22 +219,22 @@ def main(device="cpu", repeats=30, quick=False):
         for impl in ("zoo foreach (lists)", ZOO_DEFAULT):
             z = results.get((wname, "Adam", impl))
             if z and t:
-                print(f"  {wname}: {impl} Adam / torch foreach Adam = {z / t:.2f} (issue 2: <= 1)")
+                print(f"  {wname}: {impl} Adam / torch foreach Adam = {z / t:.2f} (target: <= 1)")
         fused_adam = results.get((wname, "Adam", "torch fused"))
         z = results.get((wname, "Adam", ZOO_DEFAULT))
         if z and fused_adam and device == "cpu":
             target = 0.5 if "small" in wname else 1.1
-            print(f"  {wname}: zoo Adam / torch fused Adam = {z / fused_adam:.2f} (issue 8, CPU: <= {target})")
+            print(f"  {wname}: zoo Adam / torch fused Adam = {z / fused_adam:.2f} (target, CPU: <= {target})")
         if device == "cuda":
             for (w, name, impl), floor in fractions.items():
                 if w == wname and impl == ZOO_DEFAULT:
-                    print(f"  {wname}: zoo {name} reaches {floor:.2f} of the floor (issue 8, CUDA: >= 0.95)")
+                    print(f"  {wname}: zoo {name} reaches {floor:.2f} of the floor (target, CUDA: >= 0.95)")
         for name in ("DiffGrad", "AdaBelief"):
             z = results.get((wname, name, ZOO_DEFAULT))
             peers = [v for (w, n, i), v in results.items() if w == wname and n == name and "pytorch_optimizer" in i]
             if z and peers:
                 print(f"  {wname}: fastest pytorch_optimizer {name} / zoo {name} = {min(peers) / z:.1f}x "
-                      "(issue 2: >= 3 on 3,200 small)")
+                      "(target: >= 3 on 3,200 small)")
     return results, fractions
 
 
@@ -256,23 +248,23 @@ def cli_main():
     zoo_adam = results.get((small, "Adam", ZOO_DEFAULT))
     torch_foreach = results.get((small, "Adam", "torch foreach"))
     claims = [claim("the zoo's multi-tensor Adam is not slower than torch's foreach Adam",
-                    "issue 2 target", f"{small}: {zoo_adam / torch_foreach:.2f}x torch foreach",
+                    "target", f"{small}: {zoo_adam / torch_foreach:.2f}x torch foreach",
                     zoo_adam <= torch_foreach)]
     if a.device == "cpu":
         for wname, target in ((small, 0.5), (next(w for w in WORKLOADS["cpu"] if "large" in w), 1.1)):
             z, f = results.get((wname, "Adam", ZOO_DEFAULT)), results.get((wname, "Adam", "torch fused"))
             if z and f:
                 claims.append(claim(f"on CPU the zoo's Adam takes at most {target}x torch's fused Adam ({wname})",
-                                    "issue 8 target", f"{z / f:.2f}x", z / f <= target))
+                                    "target", f"{z / f:.2f}x", z / f <= target))
     if a.device == "cuda":
         for (wname, name, impl), frac in fractions.items():
             if impl == ZOO_DEFAULT:
                 claims.append(claim(f"on CUDA zoo {name} reaches 0.95 of the bandwidth floor ({wname})",
-                                    "issue 8 target", f"{frac:.2f}", frac >= 0.95))
+                                    "target", f"{frac:.2f}", frac >= 0.95))
     if traffic:
         off = [n for n, (moved, wide) in traffic.items() if moved != BYTES_PER_PARAM[n] or not wide]
         claims.append(claim("every fused kernel, compiled for sm_90, moves exactly the floor's bytes per parameter "
-                            "with 128-bit accesses", "issue 8 (ALGORITHMS.md s.7)",
+                            "with 128-bit accesses", "floor bytes (docs/algorithms.md section 7)",
                             f"{len(traffic) - len(off)} of {len(traffic)} rules"
                             + (f" (not: {', '.join(off)})" if off else ""),
                             not off))
@@ -281,7 +273,7 @@ def cli_main():
         peers = [v for (w, n, i), v in results.items() if w == small and n == name and "pytorch_optimizer" in i]
         if z and peers:
             claims.append(claim(f"zoo {name} is at least 3x faster than pytorch_optimizer's on many small tensors",
-                                "issue 2 target", f"{min(peers) / z:.1f}x ({a.device})", min(peers) / z >= 3))
+                                "target", f"{min(peers) / z:.1f}x ({a.device})", min(peers) / z >= 3))
     raw = {" / ".join(k): v for k, v in results.items()}
     raw.update({f"compiled sm_90 bytes / {n}": moved for n, (moved, _) in traffic.items()})
     record(a.out, "step_speed", claims, raw=raw)

@@ -22,7 +22,15 @@ PAIRS = [
     (zoo.RMSprop, torch.optim.RMSprop, {"lr": 1e-3, "momentum": 0.9, "centered": True,
                                         "weight_decay": 1e-3}),
     (zoo.GD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    (zoo.NAdam, torch.optim.NAdam, {"weight_decay": 1e-3, "momentum_decay": 6e-3}),
+    (zoo.NAdam, torch.optim.NAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    (zoo.RAdam, torch.optim.RAdam, {"weight_decay": 1e-3}),
+    (zoo.RAdam, torch.optim.RAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True,
+                                    "lr": 1e-4}),
+    (zoo.Adamax, torch.optim.Adamax, {"weight_decay": 1e-3}),
+    (zoo.Adadelta, torch.optim.Adadelta, {"rho": 0.95, "weight_decay": 1e-3}),
 ]
+TORCH_FUSED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad, torch.optim.SGD)
 
 
 def pair_id(p):
@@ -74,7 +82,7 @@ def test_trajectory_matches_torch_for_200_steps(pair, foreach, digits):
     zcls, tcls, kw = pair
     mz, mt = make_model(), make_model()
     oz = zcls(groups(mz), foreach=foreach, **kw)
-    fused = foreach is None and tcls is not torch.optim.RMSprop
+    fused = foreach is None and tcls in TORCH_FUSED
     ot = tcls(groups(mt), fused=True, **kw) if fused else tcls(groups(mt), foreach=bool(foreach), **kw)
     lz, lt = train(mz, oz, digits, 200), train(mt, ot, digits, 200)
     assert_same_params(mz, mt)
@@ -174,7 +182,9 @@ def test_complex_parameters_match_torch():
     w0 = torch.randn(4, 3, dtype=torch.complex64)
     target = torch.randn(4, 3, dtype=torch.complex64)
     for zcls, tcls in [(zoo.Adam, torch.optim.Adam), (zoo.RMSprop, torch.optim.RMSprop),
-                       (zoo.Adagrad, torch.optim.Adagrad)]:
+                       (zoo.Adagrad, torch.optim.Adagrad), (zoo.NAdam, torch.optim.NAdam),
+                       (zoo.RAdam, torch.optim.RAdam), (zoo.Adamax, torch.optim.Adamax),
+                       (zoo.Adadelta, torch.optim.Adadelta)]:
         for foreach in (False, True):
             a, b = w0.clone().requires_grad_(), w0.clone().requires_grad_()
             oa, ob = zcls([a], foreach=foreach), tcls([b], foreach=foreach)

@@ -97,7 +97,8 @@ def test_one_vectorised_pass_per_step(compiled, cfg, dtype):
         name, dtype, result["states"], cfg[1].get("weight_decay", 0))
     for t in traffic:
         assert t["scalar_stores"] == 0  # every per-element store is 128 bits wide
-        assert t["scalar_loads"] <= 1  # only the 0-dim step count (no per-element scalar loads)
+        # only the 0-dim step count and the rule's 0-dim state (no per-element scalar loads)
+        assert t["scalar_loads"] <= 1 + len(cfg[0].rule.scalar_state)
     assert sum(t["atomics"] for t in traffic) == (1 if name.startswith("AdaGradNorm") else 0)
     if dtype == "float32" and not cfg[1]:  # the rule's defaults: exactly the floor its module declares
         assert sum(t["bytes_per_element"] for t in traffic) == cfg[0].rule.floor_bytes

@@ -8,12 +8,13 @@ from . import batch, compression, schedules, stepsize
 from .accelerated import BregmanAccelerated, HigherOrderAccelerated
 from .batch import AdAdaGrad, AdAdaGradNorm
 from .core.optimizer import ZooOptimizer
-from .rules import (GD, OPTIMIZERS, AdaBelief, Adagrad, AdaGradNorm, Adam, AdamW, DiffGrad, RMSprop)
+from .rules import (GD, OPTIMIZERS, AdaBelief, Adadelta, Adagrad, AdaGradNorm, Adam, Adamax, AdamW, DiffGrad, Lion,
+                    NAdam, RAdam, RMSprop)
 from .stepsize import Armijo, Backtracking, DescentLemma, line_search
 
 __version__ = "0.1.0"
 
 __all__ = ["ZooOptimizer", "OPTIMIZERS", "GD", "AdaBelief", "Adagrad", "AdaGradNorm", "Adam", "AdamW",
-           "DiffGrad", "RMSprop", "BregmanAccelerated",
+           "DiffGrad", "RMSprop", "Lion", "NAdam", "RAdam", "Adamax", "Adadelta", "BregmanAccelerated",
            "HigherOrderAccelerated", "Armijo", "Backtracking", "DescentLemma", "line_search",
            "AdAdaGrad", "AdAdaGradNorm", "stepsize", "schedules", "compression", "batch"]

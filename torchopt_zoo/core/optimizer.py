@@ -56,7 +56,7 @@ def _copy_stats(stats: dict) -> dict:
     return {k: dict(v) if isinstance(v, dict) else v for k, v in stats.items()}
 
 
-def _scalar_dtype() -> torch.dtype:
+def scalar_dtype() -> torch.dtype:
     # torch.optim keeps ``step`` in float64 only when that is the default dtype.
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
@@ -156,7 +156,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             state = self.state[p]
             if "step" not in state:
-                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
                 for key, value in self._new_state(p, group).items():
                     state.setdefault(key, value)
             params.append(p)

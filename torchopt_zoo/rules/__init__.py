@@ -10,5 +10,11 @@ from .rmsprop import RMSprop
 from .adabelief import AdaBelief
 from .diffgrad import DiffGrad
 from .gd import GD
+from .lion import Lion
+from .nadam import NAdam
+from .radam import RAdam
+from .adamax import Adamax
+from .adadelta import Adadelta
 
-__all__ = ["OPTIMIZERS", "Adam", "AdamW", "Adagrad", "AdaGradNorm", "RMSprop", "AdaBelief", "DiffGrad", "GD"]
+__all__ = ["OPTIMIZERS", "Adam", "AdamW", "Adagrad", "AdaGradNorm", "RMSprop", "AdaBelief", "DiffGrad", "GD", "Lion", "NAdam",
+           "RAdam", "Adamax", "Adadelta"]

@@ -1,0 +1,81 @@
+"""Adamax in every tier (Kingma & Ba 2014, arXiv:1412.6980, section 7.1; docs/algorithms.md,
+"Adamax"), exactly as torch.optim.Adamax: ``m = lerp(m, g, 1-b1)``,
+``u = max(b2 u, |g| + eps)``, ``p -= lr/bc1 m / u``."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.direction import Direction, per_step, real_view, state_tensors
+from ..core.optimizer import zeros_state
+from ..core.rule import Launch, Rule, register
+from ..tiers import triton as T
+from ..tiers.triton import jit, tl
+from .adam import EXP_AVG, AdamFamily
+
+EXP_INF = "exp_inf"
+
+
+def reference(group, params, grads, states, steps):
+    beta1, beta2 = group["betas"]
+    nums, denoms, coefs = [], [], []
+    for g, state, t in zip(grads, states, steps):
+        m, u = real_view(state[EXP_AVG]), real_view(state[EXP_INF])
+        m.lerp_(g, 1 - beta1)
+        torch.maximum(u.mul_(beta2), g.abs().add_(group["eps"]), out=u)
+        nums.append(m), denoms.append(u), coefs.append(1 / (1 - beta1 ** t))
+    return Direction(nums, denoms, coefs)
+
+
+def foreach(group, params, grads, states, steps):
+    beta1, beta2 = group["betas"]
+    m, u = state_tensors(states, EXP_AVG), state_tensors(states, EXP_INF)
+    torch._foreach_lerp_(m, grads, 1 - beta1)
+    torch._foreach_mul_(u, beta2)
+    bound = torch._foreach_abs(grads)
+    torch._foreach_add_(bound, group["eps"])
+    torch._foreach_maximum_(u, bound)
+    return Direction(m, u, per_step(steps, lambda t: 1 / (1 - beta1 ** t)))
+
+
+@jit
+def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, m_ptr, u_ptr, beta1, beta2, log2_beta1, eps,
+           HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
+           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
+    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = T.scalar(lr, LR_PTR)
+    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    m = T.first_moment(m_ptr, offs, mask, g, beta1)
+    u = tl.maximum(beta2 * T.load(u_ptr, offs, mask), tl.abs(g) + eps)
+    T.store(u_ptr, offs, u, mask)
+    T.store(p_ptr, offs, p - lr / T.bias_correction(step_ptr, log2_beta1) * m / u, mask)
+
+
+def launches(group, bucket, group_state):
+    beta1, beta2 = group["betas"]
+    return [Launch(kernel, (bucket.flats[EXP_AVG], bucket.flats[EXP_INF]),
+                   (beta1, beta2, T.log2(beta1), group["eps"]))]
+
+
+RULE = Rule("adamax", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_INF), launches=launches)
+
+
+@register
+class Adamax(AdamFamily):
+    r"""Adamax (Kingma & Ba, arXiv:1412.6980, section 7.1), a drop-in for ``torch.optim.Adamax``:
+    Adam with the infinity norm, ``u = max(b2 u, |g| + eps)``, ``p -= lr/bc1 m / u``.
+    State (``step``, ``exp_avg``, ``exp_inf``) interchanges with torch's."""
+
+    rule = RULE
+    paper = "Kingma & Ba 2014, [arXiv:1412.6980](https://arxiv.org/abs/1412.6980) section 7.1"
+    twin = torch.optim.Adamax
+    configs = [{}, {"weight_decay": 0.1, "maximize": True}]
+    diagonal_adaptive = True
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=None, *,
+                 fused=None, maximize=False, decoupled_weight_decay=False, line_search=None):
+        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize,
+                         decoupled_weight_decay=decoupled_weight_decay, line_search=line_search)
+
+    def _new_state(self, p, group):
+        return {EXP_AVG: zeros_state(p), EXP_INF: zeros_state(p)}
