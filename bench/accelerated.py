@@ -239,7 +239,7 @@ def main():
               f"f - f* {ho_subs[-1]:.1e} vs {o2_there:.1e} at {int(ho_grads[-1])} gradient evaluations (logistic)",
               ho_subs[-1] < o2_there),
         claim("the entropic variant meets 4 L1 log(n) / (k(k+1)) on the simplex",
-              "ALGORITHMS.md section 2(b)", f"max ratio to the bound {float(np.max(ent / bound)):.2f}",
+              "docs/algorithms.md section 2", f"max ratio to the bound {float(np.max(ent / bound)):.2f}",
               bool(np.all(ent <= bound))),
     ], raw={title: {name: {"subopt": c[0], "grads": c[1]} for name, c in curves.items()}
             for title, curves, _ in panels})

@@ -1,4 +1,4 @@
-"""Compressed updates with error feedback (ALGORITHMS.md section 5) on real data.
+"""Compressed updates with error feedback (docs/algorithms.md section 5) on real data.
 
 Simulated workers: logistic regression (digits 8-vs-rest, l2 = 1e-3, d = 65) with the samples
 sorted by digit and split into n = 10 or 100 contiguous shards, so each worker sees mostly one

@@ -1,4 +1,4 @@
-"""Bregman-Lagrangian accelerated methods (ALGORITHMS.md section 2) against their certified bounds."""
+"""Bregman-Lagrangian accelerated methods (docs/algorithms.md section 2) against their certified bounds."""
 
 import copy
 import math

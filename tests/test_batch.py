@@ -1,4 +1,4 @@
-"""Adaptive batch-size tests (ALGORITHMS.md section 4) against float64 recomputations."""
+"""Adaptive batch-size tests (docs/algorithms.md section 4) against float64 recomputations."""
 
 import copy
 import math
@@ -21,7 +21,7 @@ grad_matrices = st.integers(2, 12).flatmap(lambda b: st.integers(1, 6).flatmap(
 
 
 def reference(test, G, eta=0.1, theta=0.1, nu=0.1, floor=1e-3):
-    """The formulas of ALGORITHMS.md section 4, written out with numpy loops."""
+    """The formulas of docs/algorithms.md section 4, written out with numpy loops."""
     G = np.array(G, dtype=np.float64)
     b, d = G.shape
     g = G.mean(0)

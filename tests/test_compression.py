@@ -1,4 +1,4 @@
-"""Compressors and simulated error-feedback methods (ALGORITHMS.md section 5), in float64."""
+"""Compressors and simulated error-feedback methods (docs/algorithms.md section 5), in float64."""
 
 import copy
 import math
@@ -63,7 +63,7 @@ def test_bad_input_is_named(make, match):
 
 
 def heterogeneous_least_squares(n=10, d=20, seed=0):
-    """The reference problem of ALGORITHMS.md section 5: worker i's data scaled by (1 + i)."""
+    """The reference problem of docs/algorithms.md section 5: worker i's data scaled by (1 + i)."""
     gen = torch.Generator().manual_seed(seed)
     A = torch.stack([torch.randn(d, d, generator=gen, dtype=torch.float64) * (1 + i) for i in range(n)])
     b = torch.stack([torch.randn(d, generator=gen, dtype=torch.float64) * (1 + i) for i in range(n)])

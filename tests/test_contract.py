@@ -107,3 +107,15 @@ def test_bad_param_group_is_rejected_before_it_is_added():
 def test_unknown_keyword_is_a_type_error():
     with pytest.raises(TypeError, match="amsgard"):
         zoo.Adam([torch.zeros(2, requires_grad=True)], amsgard=True)
+
+
+def test_readme_optimizer_table_is_the_registry():
+    """The README's optimizer table is generated from the registry (torchopt_zoo.rules.table()):
+    a registered rule missing from it, or a stale row, fails here."""
+    import pathlib
+
+    from torchopt_zoo import rules
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert rules.table() in readme
+    assert len(readme) <= 15_000

@@ -1,4 +1,4 @@
-"""The step-size core (ALGORITHMS.md section 1): criteria, backtracking, and the searched step of
+"""The step-size core (docs/algorithms.md section 1): criteria, backtracking, and the searched step of
 every optimizer. References are float64 recomputations of the criterion on random quadratics."""
 
 import copy

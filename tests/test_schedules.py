@@ -1,4 +1,4 @@
-"""Schedules (ALGORITHMS.md section 6): linear decay and refinement from gradient norms."""
+"""Schedules (docs/algorithms.md section 6): linear decay and refinement from gradient norms."""
 
 import copy
 

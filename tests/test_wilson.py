@@ -1,4 +1,4 @@
-"""Regression test on Wilson et al.'s construction (ALGORITHMS.md section 3): gradient methods
+"""Regression test on Wilson et al.'s construction (docs/algorithms.md section 3): gradient methods
 find the minimum-norm solution (test error 0), diagonal-adaptive ones predict +1 everywhere."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Adaptive batch sizes (AdAdaGrad; ALGORITHMS.md section 4).
+"""Adaptive batch sizes (AdAdaGrad; docs/algorithms.md section 4).
 
 Lau, Liu & Kolar, "AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods"
 (arXiv:2402.11215); Byrd, Chin, Nocedal & Wu 2012 (norm test); Bollapragada, Byrd & Nocedal,

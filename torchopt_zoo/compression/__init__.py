@@ -1,5 +1,5 @@
 """Compressed updates with error feedback: compressors, simulated n-worker methods, and
-``torch.distributed`` DDP communication hooks (ALGORITHMS.md section 5)."""
+``torch.distributed`` DDP communication hooks (docs/algorithms.md section 5)."""
 
 from .compressors import Compressor, Identity, RandK, TopK
 from .ddp import EFHookState, econtrol_hook, ef14_hook, ef21_hook

@@ -1,4 +1,4 @@
-"""Contractive compressors (ALGORITHMS.md section 5): ``E|C(x) - x|^2 <= (1 - alpha) |x|^2``.
+"""Contractive compressors (docs/algorithms.md section 5): ``E|C(x) - x|^2 <= (1 - alpha) |x|^2``.
 
 A compressor maps a flat tensor to a tensor of the same shape that keeps only what a message
 would carry. Each one states its ``alpha(d)`` and the ``bits(d)`` of one message for a vector of

@@ -16,5 +16,16 @@ from .radam import RAdam
 from .adamax import Adamax
 from .adadelta import Adadelta
 
-__all__ = ["OPTIMIZERS", "Adam", "AdamW", "Adagrad", "AdaGradNorm", "RMSprop", "AdaBelief", "DiffGrad", "GD", "Lion", "NAdam",
+
+
+def table() -> str:
+    """The README's optimizer table, one row per registered optimizer, in registration order."""
+    rows = ["| optimizer | paper | drop-in for | floor bytes/param (fp32) |", "|---|---|---|---|"]
+    for cls in OPTIMIZERS:
+        twin = f"`torch.optim.{cls.twin.__name__}`" if cls.twin is not None else "—"
+        rows.append(f"| `{cls.__name__}` | {cls.paper} | {twin} | {cls.rule.floor_bytes} |")
+    return "\n".join(rows)
+
+
+__all__ = ["OPTIMIZERS", "table", "Adam", "AdamW", "Adagrad", "AdaGradNorm", "RMSprop", "AdaBelief", "DiffGrad", "GD", "Lion", "NAdam",
            "RAdam", "Adamax", "Adadelta"]

@@ -1,4 +1,4 @@
-"""Sufficient-decrease criteria for a step ``x + alpha d`` (ALGORITHMS.md section 1).
+"""Sufficient-decrease criteria for a step ``x + alpha d`` (docs/algorithms.md section 1).
 
 A criterion looks at the one-dimensional restriction ``phi(alpha) = f(x + alpha d)`` through four
 numbers: ``phi0 = phi(0)``, the trial value ``phi(alpha)``, the slope ``s = <grad f(x), d> < 0`` and
