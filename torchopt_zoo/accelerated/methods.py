@@ -10,6 +10,7 @@ Wibisono, Wilson & Jordan, "A Variational Perspective on Accelerated Methods in 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable
 
 import torch
@@ -206,8 +207,10 @@ class BregmanAccelerated(_SingleGroup):
             first = s["gradient_evals"] == 0
             L = group["L"] if first or ls.reset == "restart" else 1.0 / ls.initial_alpha(1.0 / L)
         p, C, k, A = group["order"], group["C"], s["k"], s["A"]
-        trials = 0
-        while True:
+        out = {}
+
+        def trial(L):
+            """x, the gradient there and y at this L; ``(accepted, violation, f(y))``."""
             a = min(C * p * _rising(k + 1, p - 1) / L, (1 + math.sqrt(1 + 4 * L * A)) / (2 * L))
             tau = a / (A + a)
             if entropy:
@@ -218,32 +221,35 @@ class BregmanAccelerated(_SingleGroup):
             loss, grads = self._gradient(closure, copy=entropy or not flat)
             s["gradient_evals"] += 1
             s["function_evals"] += 1
-            trials += 1
             if entropy:
                 log_z = torch._foreach_sub([st["log_z"] for st in states], torch._foreach_mul(grads, a))
                 log_z = [lz - torch.logsumexp(lz, dim=-1, keepdim=True) for lz in log_z]
-                new_y = torch._foreach_add(torch._foreach_mul(ys, 1 - tau),
-                                           torch._foreach_mul([lz.exp() for lz in log_z], tau))
-                self._set(new_y)
+                out["log_z"] = log_z
+                out["new_y"] = torch._foreach_add(torch._foreach_mul(ys, 1 - tau),
+                                                  torch._foreach_mul([lz.exp() for lz in log_z], tau))
+                self._set(out["new_y"])
             else:  # y = x - g / L, in the parameters
                 if flat:
                     grads = self._flat_gradient(grads)
                 torch._foreach_add_(params, grads, alpha=-1.0 / L)
-            f_new = None
-            if ls is None:
-                break
-            gg = inner(grads, grads)
-            if gg == 0.0:  # a stationary point: y = x, nothing to verify
-                break
-            f_new = _trials.evaluate_forward(closure)
+            out.update(L=L, a=a, loss=loss, grads=grads, f_new=None)
+            gg = inner(grads, grads) if ls is not None else 0.0
+            if gg == 0.0:  # no search, or a stationary point: y = x, nothing to verify
+                return True, 0.0, math.nan
+            out["f_new"] = f_new = _trials.evaluate_forward(closure)
             s["function_evals"] += 1
-            accepted, violation = ls.criterion.check(float(loss.detach()), f_new, 1.0 / L, -gg, gg)
-            if accepted:
-                break
-            if trials >= ls.max_trials:
-                self._fail([st["y"] for st in states], s, "descent-lemma search", trials)
-                return loss
-            L /= ls.shrink(violation)
+            return (*ls.criterion.check(float(loss.detach()), f_new, 1.0 / L, -gg, gg), f_new)
+
+        if ls is None:
+            trial(L)
+        else:
+            result = ls.backtrack(trial, L, scale=operator.truediv)
+            if not result.success:
+                self._fail([st["y"] for st in states], s, "descent-lemma search", result.trials)
+                return out["loss"]
+        L, a, loss, grads, f_new = out["L"], out["a"], out["loss"], out["grads"], out["f_new"]
+        if entropy:
+            log_z, new_y = out["log_z"], out["new_y"]
         s["A"], s["k"], s["L"], s["max_L"] = A + a, k + 1, L, max(s["max_L"], L)
         if entropy:
             for st, lz in zip(states, log_z):
@@ -408,12 +414,15 @@ class HigherOrderAccelerated(_SingleGroup):
                 return [t.detach() for t in torch.autograd.grad(graph_grads, self._params, v,
                                                                  retain_graph=True)]
         M = s["M"] if ls is None or ls.reset != "restart" else group["M"]
-        for trial in range(1, (ls.max_trials if ls else 1) + 1):
+        out = {}
+
+        def trial(M):
+            """The cubic step at this M; ``(accepted, violation of the cubic model, f(y))``."""
             step = self._cubic_step(g, hvp, M, group, s)
-            new_y = torch._foreach_add(xs, step)
+            out.update(M=M, new_y=torch._foreach_add(xs, step))
             if ls is None:
-                break
-            self._set(new_y)
+                return True, 0.0, math.nan
+            self._set(out["new_y"])
             f_y = _trials.evaluate_forward(closure)
             s["function_evals"] += 1
             Hs = hvp(step)
@@ -422,12 +431,16 @@ class HigherOrderAccelerated(_SingleGroup):
             excess = f_y - float(loss.detach()) - inner(g, step) - 0.5 * inner(step, Hs)
             violation = excess / (M / 6 * snorm ** 3) if snorm > 0 and math.isfinite(f_y) else (
                 math.inf if not math.isfinite(f_y) else 0.0)
-            if violation <= 1.0:
-                break
-            if trial == ls.max_trials:
-                self._fail([st["y"] for st in states], s, "cubic model check", trial)
+            return violation <= 1.0, violation, f_y
+
+        if ls is None:
+            trial(M)
+        else:  # M grows by the descent-lemma factor: M * min(1/eps, v/rho) (adaptive)
+            result = ls.backtrack(trial, M, scale=operator.truediv)
+            if not result.success:
+                self._fail([st["y"] for st in states], s, "cubic model check", result.trials)
                 return loss
-            M /= ls.shrink(violation)  # the descent-lemma factor: M * min(1/eps, v/rho)
+        M, new_y = out["M"], out["new_y"]
         self._set(new_y)
         _, grads_y = self._loss_and_grad(closure, create_graph=False)
         s["gradient_evals"] += 1

@@ -8,6 +8,7 @@ reset policy that picks each step's first trial from the previous accepted step.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,6 +44,24 @@ def _factor(criterion, violation: float, adaptive: bool, rho: float, eps: float)
     return criterion.shrink(violation, rho, eps) if adaptive else rho
 
 
+def backtrack(trial: Callable[[float], tuple[bool, float, float]], alpha0: float, criterion, *,
+              adaptive: bool = True, rho: float = 0.5, eps: float = 1e-3, max_trials: int = 30,
+              scale: Callable[[float, float], float] = operator.mul) -> LineSearchResult:
+    """The trial loop every searched step runs: the optimizers' line search over ``alpha``, and the
+    accelerated methods' estimates of ``L`` and ``M`` (``scale=operator.truediv``: a step ``1/L``
+    shrinks as ``L`` grows). ``trial(alpha)`` evaluates one trial and returns
+    ``(accepted, violation, value)``; a violated trial scales ``alpha`` by ``rho`` (regular) or by
+    the criterion's violation-based factor (adaptive), at most ``max_trials`` trials in all."""
+    alpha, value = float(alpha0), math.nan
+    for count in range(1, max_trials + 1):
+        accepted, violation, value = trial(alpha)
+        if accepted:
+            return LineSearchResult(alpha, value, count, True, "accepted")
+        if count < max_trials:
+            alpha = scale(alpha, _factor(criterion, violation, adaptive, rho, eps))
+    return LineSearchResult(alpha, value, max_trials, False, "max_trials")
+
+
 def line_search(phi: Callable[[float], float], phi0: float, slope: float, alpha0: float,
                 criterion: Armijo | DescentLemma, *, direction_norm_sq: float | None = None,
                 adaptive: bool = True, rho: float = 0.5, eps: float = 1e-3,
@@ -58,20 +77,17 @@ def line_search(phi: Callable[[float], float], phi0: float, slope: float, alpha0
     """
     _check_search(rho, eps, max_trials)
     check_range("alpha0", alpha0, 0.0, low_open=True)
-    phi0, slope, alpha = float(phi0), float(slope), float(alpha0)
+    phi0, slope = float(phi0), float(slope)
     if not math.isfinite(phi0):
         return LineSearchResult(0.0, phi0, 0, False, "non-finite phi0")
     if not slope < 0:
         return LineSearchResult(0.0, phi0, 0, False, "not a descent direction")
-    value = math.nan
-    for trial in range(1, max_trials + 1):
+
+    def trial(alpha):
         value = float(phi(alpha))
-        accepted, violation = criterion.check(phi0, value, alpha, slope, direction_norm_sq)
-        if accepted:
-            return LineSearchResult(alpha, value, trial, True, "accepted")
-        if trial < max_trials:
-            alpha *= _factor(criterion, violation, adaptive, rho, eps)
-    return LineSearchResult(alpha, value, max_trials, False, "max_trials")
+        return (*criterion.check(phi0, value, alpha, slope, direction_norm_sq), value)
+
+    return backtrack(trial, alpha0, criterion, adaptive=adaptive, rho=rho, eps=eps, max_trials=max_trials)
 
 
 class Backtracking:
@@ -129,10 +145,10 @@ class Backtracking:
             return previous
         return min(self.alpha_max, self.gamma * previous)
 
-    def shrink(self, violation: float) -> float:
-        """The factor these settings multiply a violated trial's step by (for methods that run
-        their own trial loop, such as the accelerated ones)."""
-        return _factor(self.criterion, violation, self.adaptive, self.rho, self.eps)
+    def backtrack(self, trial, alpha0, scale=operator.mul) -> LineSearchResult:
+        """:func:`backtrack` with these settings."""
+        return backtrack(trial, alpha0, self.criterion, adaptive=self.adaptive, rho=self.rho, eps=self.eps,
+                         max_trials=self.max_trials, scale=scale)
 
     def search(self, phi, phi0, slope, alpha0, direction_norm_sq=None) -> LineSearchResult:
         """:func:`line_search` with these settings."""
