@@ -48,9 +48,8 @@ def foreach(group, params, grads, states, steps):
 def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr, u_ptr, rho, eps,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
            LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
-    lr = T.scalar(lr, LR_PTR)
-    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
+                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
     v = T.second_moment(v_ptr, offs, mask, g, rho, 0.0)
     u = T.load(u_ptr, offs, mask)
     delta = tl.sqrt(u + eps) / tl.sqrt(v + eps) * g

@@ -41,9 +41,8 @@ def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, b2_ptr,
            LARGE: tl.constexpr, BLOCK: tl.constexpr):
     """Two launches: ``NORM_PASS``: ``b^2 += sum g^2`` (one atomic add per block); then
     ``p -= lr g / sqrt(b^2)``."""
-    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
-    lr = T.scalar(lr, LR_PTR)
-    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
+                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
     if NORM_PASS:
         tl.atomic_add(b2_ptr, tl.sum(g * g, axis=0))
     else:

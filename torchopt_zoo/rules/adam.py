@@ -132,9 +132,8 @@ def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
            LR_PTR: tl.constexpr, AMSGRAD: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr,
            BLOCK: tl.constexpr):
     """One block of an Adam / AdamW / AMSGrad step."""
-    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
-    lr = T.scalar(lr, LR_PTR)
-    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
+                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
     m = T.first_moment(m_ptr, offs, mask, g, beta1)
     v = T.second_moment(v_ptr, offs, mask, g, beta2, 0.0)
     if AMSGRAD:

@@ -54,9 +54,8 @@ def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, buf_ptr, momen
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
            LR_PTR: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, LARGE: tl.constexpr,
            BLOCK: tl.constexpr):
-    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
-    lr = T.scalar(lr, LR_PTR)
-    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
+                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
     d = g
     if MOMENTUM:
         buf = T.load(buf_ptr, offs, mask)

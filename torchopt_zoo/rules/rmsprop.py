@@ -66,9 +66,8 @@ def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr, ga_ptr,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
            LR_PTR: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, LARGE: tl.constexpr,
            BLOCK: tl.constexpr):
-    offs, mask = T.block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
-    lr = T.scalar(lr, LR_PTR)
-    p, g = T.param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
+                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
     v = T.second_moment(v_ptr, offs, mask, g, alpha, 0.0)
     if CENTERED:
         ga = T.first_moment(ga_ptr, offs, mask, g, alpha)

@@ -5,7 +5,8 @@ the parameter, the gradient and the state once, and writes the parameter and the
 step moves exactly the rule's floor bytes (docs/algorithms.md, "Memory traffic"). Arithmetic is
 float32 whatever the parameter dtype (state is float32 for bf16/fp16 parameters). Every kernel
 starts with the same head of arguments ``(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd)``
-and the same constexprs ``HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK``, and uses:
+and the same constexprs ``HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK``, and starts with
+:func:`head`, which combines:
 
 * :func:`block`: the block's offsets and mask; with ``found_inf`` (AMP) set, no element is in
   range, so the step is skipped on the device without a host sync;
@@ -71,6 +72,18 @@ def param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd,
     if WD == 2:
         p = p * (1 - lr * wd)
     return p, g
+
+
+@jit
+def head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+         MAXIMIZE: tl.constexpr, WD: tl.constexpr, LR_PTR: tl.constexpr, LARGE: tl.constexpr,
+         BLOCK: tl.constexpr):
+    """What every kernel starts with: the block's ``offs`` and ``mask``, ``lr``, and the parameter and
+    prepared gradient (:func:`block`, :func:`scalar`, :func:`param_and_grad`)."""
+    offs, mask = block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+    lr = scalar(lr, LR_PTR)
+    p, g = param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
+    return offs, mask, lr, p, g
 
 
 @jit
