@@ -84,7 +84,7 @@ def check_fused_matches_reference(cfg, data, dtype, triton):
     init, grads, n_groups = draw(data, dtype)
     bind = data.draw(st.booleans())
     ref = run(cfg, init, grads, n_groups, foreach=False)
-    out = run(cfg, init, grads, n_groups, bind=bind)
+    out = run(cfg, init, grads, n_groups, bind=bind, fused="flat")
     opt = out[1]
     for group in opt.param_groups:  # one bucket per dtype of the trainable parameters; frozen ones stay out
         dtypes = list(dict.fromkeys(p.dtype for p in group["params"] if p.requires_grad))
@@ -142,7 +142,7 @@ def train(pairs, steps, set_to_none=False):
 
 def test_gradients_land_in_the_flat_buffer_and_the_step_takes_the_fast_path(backend, monkeypatch):
     model, twin = mlp(), mlp()
-    opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
+    opt, ref = zoo.Adam(model.parameters(), lr=0.01, fused="flat"), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
     slow_steps = []
     original = opt._fused_group
     monkeypatch.setattr(opt, "_fused_group", lambda *a: slow_steps.append(1) or original(*a))
@@ -163,7 +163,7 @@ def test_a_gradient_that_bypasses_the_buffer_is_used(change, backend):
     # After the gradients were bound to the flat buffer, the user replaces them in each way a
     # training loop can; the step must use the gradients p.grad holds now.
     model, twin = mlp(), mlp()
-    opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
+    opt, ref = zoo.Adam(model.parameters(), lr=0.01, fused="flat"), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
     kept = []
     for i in range(4):
         for m, o in ((model, opt), (twin, ref)):
@@ -188,7 +188,7 @@ def test_a_gradient_that_bypasses_the_buffer_is_used(change, backend):
 def test_step_never_writes_the_gradients(config, backend):
     cls, kw = config
     model = mlp()
-    opt = cls(model.parameters(), lr=0.01, **kw)
+    opt = cls(model.parameters(), lr=0.01, fused="flat", **kw)
     opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(0.0)
     for i in range(3):
         opt.zero_grad(set_to_none=False)
@@ -205,7 +205,7 @@ def test_amp_grad_scale_and_found_inf(config, backend):
     # unscaled in the kernel; a step with found_inf set changes nothing, step counts included.
     cls, kw = config
     scaled, plain = mlp(), mlp()
-    o_scaled, o_plain = cls(scaled.parameters(), lr=0.01, **kw), cls(plain.parameters(), lr=0.01, **kw)
+    o_scaled, o_plain = cls(scaled.parameters(), lr=0.01, fused="flat", **kw), cls(plain.parameters(), lr=0.01, fused="flat", **kw)
     for i in range(4):
         for m, o, scale in ((scaled, o_scaled, 1024.0), (plain, o_plain, 1.0)):
             o.zero_grad(set_to_none=False)
@@ -227,7 +227,7 @@ def test_amp_grad_scale_and_found_inf(config, backend):
 
 def test_grad_scaler_drives_the_fused_tier_like_torch_fused_adam():
     zm, tm = mlp(), mlp()
-    oz, ot = zoo.Adam(zm.parameters(), lr=0.01), torch.optim.Adam(tm.parameters(), lr=0.01, fused=True)
+    oz, ot = zoo.Adam(zm.parameters(), lr=0.01, fused="flat"), torch.optim.Adam(tm.parameters(), lr=0.01, fused=True)
     scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10), torch.amp.GradScaler("cpu", init_scale=2.0**10)]
     for i in range(5):
         for m, o, s in ((zm, oz, scalers[0]), (tm, ot, scalers[1])):
@@ -243,7 +243,7 @@ def test_grad_scaler_drives_the_fused_tier_like_torch_fused_adam():
 
 def test_low_precision_parameters_keep_float32_state(backend):
     model = mlp().to(torch.bfloat16)
-    opt = zoo.Adam(model.parameters(), lr=0.01)
+    opt = zoo.Adam(model.parameters(), lr=0.01, fused="flat")
     for i in range(3):
         opt.zero_grad(set_to_none=False)
         x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
@@ -267,19 +267,21 @@ def test_parameters_sharing_storage_are_not_moved():
     aliased = torch.nn.Parameter(kept)  # shares storage with a tensor the user still holds
     own = torch.nn.Parameter(torch.randn(3))
     for params in ([shared, own], [aliased, own]):
-        opt = zoo.Adam(params, lr=0.1)
+        opt = zoo.Adam(params, lr=0.1)  # the default tier moves nothing
         for p in params:
             p.grad = torch.ones_like(p)
         opt.step()
-        assert not opt._fused  # the list tier took the step
-        with pytest.raises(ValueError, match="fused=True.*shares its storage"):
-            zoo.Adam(params, lr=0.1, fused=True).step()
+        assert not opt._fused
+        with pytest.warns(UserWarning, match="fused=.flat.: .*shares its storage"):
+            flat = zoo.Adam(params, lr=0.1, fused="flat")
+            flat.step()
+        assert not flat._fused
     assert torch.equal(base[:5], shared.detach()) and torch.equal(kept, aliased.detach())
 
 
 def test_moved_parameters_keep_working_in_their_module_and_after_load_state_dict(backend):
     model, twin = mlp(), mlp()
-    opt, ref = zoo.AdamW(model.parameters(), lr=0.01), zoo.AdamW(twin.parameters(), lr=0.01, foreach=False)
+    opt, ref = zoo.AdamW(model.parameters(), lr=0.01, fused="flat"), zoo.AdamW(twin.parameters(), lr=0.01, foreach=False)
     train([(model, opt), (twin, ref)], range(3), set_to_none=True)
     saved = copy.deepcopy(opt.state_dict())
     opt.load_state_dict(saved)  # the parameters stay in the old flat buffer: adopted, not copied
@@ -294,7 +296,7 @@ def test_moved_parameters_keep_working_in_their_module_and_after_load_state_dict
 
 def test_line_search_runs_over_a_fused_group():
     model = mlp()
-    opt = zoo.Adam(model.parameters(), lr=0.01)
+    opt = zoo.Adam(model.parameters(), lr=0.01, fused="flat")
     for i in range(2):
         opt.zero_grad(set_to_none=False)
         loss_of(model, i).backward()
@@ -336,7 +338,7 @@ def assert_close_models(a, b, dtype=torch.float32):
 def test_a_group_mixing_dtypes_with_frozen_parameters_takes_the_fast_path(config, backend, monkeypatch):
     cls, kw = config
     model, twin = MixedNet(), MixedNet()
-    opt, ref = cls(model.parameters(), lr=0.01, **kw), cls(twin.parameters(), lr=0.01, foreach=False, **kw)
+    opt, ref = cls(model.parameters(), lr=0.01, fused="flat", **kw), cls(twin.parameters(), lr=0.01, foreach=False, **kw)
     slow_steps = []
     original = opt._fused_group
     monkeypatch.setattr(opt, "_fused_group", lambda *a: slow_steps.append(1) or original(*a))
@@ -353,7 +355,7 @@ def test_a_group_mixing_dtypes_with_frozen_parameters_takes_the_fast_path(config
 
 def test_freezing_a_parameter_rebuilds_the_buckets_and_moves_no_foreign_tensor(backend):
     model, twin = mlp(), mlp()
-    opt, ref = zoo.Adam(model.parameters(), lr=0.01), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
+    opt, ref = zoo.Adam(model.parameters(), lr=0.01, fused="flat"), zoo.Adam(twin.parameters(), lr=0.01, foreach=False)
     train([(model, opt), (twin, ref)], range(3))
     for m in (model, twin):  # freeze the first layer
         for p in m[0].parameters():
@@ -377,7 +379,7 @@ def test_a_tensor_lr_is_read_on_the_device_and_follows_its_scheduler(config, bac
     cls, kw = config
     model, twin = mlp(), mlp()
     lr0 = 2.0**-6  # exact in float32, so the two runs see the same lr
-    opt, ref = cls(model.parameters(), lr=torch.tensor(lr0), **kw), cls(twin.parameters(), lr=lr0, **kw)
+    opt, ref = cls(model.parameters(), lr=torch.tensor(lr0), fused="flat", **kw), cls(twin.parameters(), lr=lr0, fused="flat", **kw)
     scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (opt, ref)]
     if backend:
         from torchopt_zoo.core import optimizer as base

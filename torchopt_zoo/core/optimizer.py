@@ -26,6 +26,7 @@ around it:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -36,15 +37,23 @@ from .._validation import as_float, check_choice, check_range
 from ..stepsize import trials as _trials
 from ..stepsize.backtracking import Backtracking
 from ..tiers import flat as _fused
+from ..tiers import torch_fused as _torch_fused
 from . import direction as _direction
 from .rule import Rule
 
 STAT_KEYS = ("steps", "function_evals", "gradient_evals", "trials", "failures", "fallbacks")
 
+FUSED = (None, True, False, "flat")  # the values of ``fused``: torch's, plus the opt-in flat buffers
+
 TIERS = {
     "reference": _direction.apply_reference,
     "foreach": _direction.apply_foreach,
 }
+
+
+class FlatBuffersWarning(UserWarning):
+    """``fused="flat"`` could not move a param group into flat buffers; the step took the
+    multi-tensor tier (the message says why)."""
 
 
 def zeros_state(p: Tensor) -> Tensor:
@@ -89,9 +98,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         check_range("lr", group["lr"], 0.0)
         check_range("weight_decay", group["weight_decay"], 0.0)
         check_choice("foreach", group["foreach"], (None, True, False))
-        check_choice("fused", group["fused"], (None, True, False))
+        check_choice("fused", group["fused"], FUSED)
         if group["fused"] and group["foreach"] is not None:
-            raise ValueError(f"fused=True cannot be combined with foreach={group['foreach']}; "
+            raise ValueError(f"fused={group['fused']!r} cannot be combined with foreach={group['foreach']}; "
                              "leave foreach=None")
         check_choice("maximize", group["maximize"], (True, False))
         check_choice("decoupled_weight_decay", group["decoupled_weight_decay"], (True, False))
@@ -139,9 +148,13 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- the step
     def _tier(self, group: dict[str, Any]) -> str:
-        """``"reference"``, ``"foreach"`` (tensor lists) or ``"fused"`` (flat buffers)."""
+        """``"reference"``, ``"foreach"`` (tensor lists), ``"fused"`` (single-pass kernels over the
+        user's tensors, where the rule has one for their device and dtype) or ``"flat"`` (the
+        opt-in flat buffers)."""
         if group["foreach"] is False or torch.jit.is_scripting():
             return "reference"
+        if group["fused"] == "flat" and not torch.compiler.is_compiling():
+            return "flat"
         if group["foreach"] or group["fused"] is False or torch.compiler.is_compiling():
             return "foreach"
         return "fused"
@@ -199,15 +212,29 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             fused = None
             reason = _fused.ineligible(group["params"], params, states, self.rule.group_wide)
             if reason:
-                if group["fused"]:
-                    raise ValueError(f"fused=True: the fused tier cannot take this param group: {reason}; "
-                                     "use fused=None to fall back to the multi-tensor tier")
-                return None
-            if group["fused"] is None and not _fused.pays_off(self.rule, params, states[0]["step"]):
+                warnings.warn(f'fused="flat": the flat buffers cannot take this param group at this step '
+                              f"({reason}); it takes the multi-tensor tier", FlatBuffersWarning, stacklevel=4)
                 return None
             fused = self._fused[id(group)] = _fused.FusedGroup(group["params"], params, states, self.rule)
         fused.load(params, grads)
         return fused
+
+    def _kernel_step(self, group, params, grads, states, grad_scale, found_inf):
+        """The default tier: every part of the group (one device and dtype) for which the rule has a
+        single-pass kernel takes it, over the user's own tensors (torch's fused kernel on CPU);
+        returns the parameters, gradients and states left for the multi-tensor tier."""
+        if self.rule.group_wide:
+            return params, grads, states
+        rest = ([], [], [])
+        for ps, companions in _fused.partition(params, list(zip(grads, states))):
+            gs, ss = [c[0] for c in companions], [c[1] for c in companions]
+            run = _torch_fused.kernel(self.rule, group, ps, gs, [s["step"] for s in ss])
+            if run is None:
+                for out, part in zip(rest, (ps, gs, ss)):
+                    out += part
+            else:
+                _torch_fused.step(run, group, ps, gs, ss, grad_scale, found_inf)
+        return rest
 
     def _fused_fast(self, group, grad_scale, found_inf) -> bool:
         """The fused step on the O(1) path, where nothing changed since the last step; False if not taken."""
@@ -401,23 +428,28 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
-        skip = None  # whether found_inf is set, read once, only if a non-fused group needs it
+        skip = None  # whether found_inf is set, read once, only if a list tier needs it
         for group in self.param_groups:
             tier = self._tier(group)
-            if tier == "fused" and self._fused_fast(group, grad_scale, found_inf):
+            if tier == "flat" and self._fused_fast(group, grad_scale, found_inf):
                 continue
             params, grads, states = self._collect(group)
             if not params:
                 continue
-            if tier == "fused":
+            if tier == "flat":
                 fused = self._fused_group(group, params, grads, states)
                 if fused is not None:
                     self._fused_step(group, fused, grad_scale, found_inf)
+                    continue
+                tier = "foreach"
+            if tier == "fused":
+                params, grads, states = self._kernel_step(group, params, grads, states, grad_scale, found_inf)
+                if not params:
                     continue
             if skip is None:
                 skip = found_inf is not None and bool(found_inf.item())
             if skip:
                 continue
             params, _, d = self._list_direction(group, tier, params, grads, states, grad_scale)
-            TIERS["foreach" if tier == "fused" else tier](params, d, as_float("lr", group["lr"]))
+            TIERS["reference" if tier == "reference" else "foreach"](params, d, as_float("lr", group["lr"]))
         return loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_range
+from .._validation import as_float, check_range
 from ..core.direction import Direction, per_step, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.rule import Launch, Rule, register
@@ -50,7 +50,19 @@ def launches(group, bucket, group_state):
     return [Launch(kernel, (bucket.flats[SUM],), (group["lr_decay"], group["eps"]))]
 
 
-RULE = Rule("adagrad", reference, foreach, floor_bytes=20, state=(SUM,), launches=launches)
+def torch_kernel(group):
+    """torch's single-pass fused Adagrad (``torch._fused_adagrad_``), which knows coupled weight decay only."""
+    if group["decoupled_weight_decay"] and group["weight_decay"]:
+        return None
+
+    def run(params, grads, states, steps, lr, grad_scale, found_inf):
+        torch._fused_adagrad_(params, grads, [s[SUM] for s in states], steps, lr=as_float("lr", lr),
+                              lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+                              maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf)
+    return run
+
+
+RULE = Rule("adagrad", reference, foreach, floor_bytes=20, state=(SUM,), launches=launches, torch_kernel=torch_kernel)
 
 
 @register

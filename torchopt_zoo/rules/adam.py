@@ -10,14 +10,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from .._validation import check_betas, check_choice, check_range
 from ..core.direction import Direction, per_step, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer, zeros_state
 from ..core.rule import Launch, Rule, register
 from ..tiers import triton as T
-from ..tiers.flat import LOW_PRECISION
 from ..tiers.triton import jit, tl
 
 EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "exp_avg", "exp_avg_sq", "max_exp_avg_sq"
@@ -147,20 +145,17 @@ def launches(group, bucket, group_state):
     return [adam_launch(kernel, group, bucket, (EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ), AMSGRAD=group["amsgrad"])]
 
 
-def torch_kernel(param, step_dtype):
-    """torch's single-pass fused Adam (``torch._fused_adam_``) for a flat bucket, where torch has it
-    for the parameter's device and dtype; the gradient is already prepared (maximize, weight decay)."""
-    if (param.dtype in LOW_PRECISION or step_dtype != torch.float32
-            or param.device.type not in _get_fused_kernels_supported_devices()):
-        return None
+def torch_kernel(group):
+    """torch's single-pass fused Adam / AdamW (``torch._fused_adam_``, ``torch._fused_adamw_``):
+    the kernel applies ``grad_scale``, ``maximize`` and the weight decay itself."""
+    beta1, beta2 = group["betas"]
+    kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
 
-    def run(group, bucket, grad, lr):
-        beta1, beta2 = group["betas"]
-        flats = bucket.flats
-        torch._fused_adam_([bucket.param], [grad], [flats[EXP_AVG]], [flats[EXP_AVG_SQ]],
-                           [flats[MAX_EXP_AVG_SQ]] if group["amsgrad"] else [], [bucket.steps[0]],
-                           lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
-                           amsgrad=group["amsgrad"], maximize=False)
+    def run(params, grads, states, steps, lr, grad_scale, found_inf):
+        kernel(params, grads, [s[EXP_AVG] for s in states], [s[EXP_AVG_SQ] for s in states],
+               [s[MAX_EXP_AVG_SQ] for s in states] if group["amsgrad"] else [], steps,
+               lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+               amsgrad=group["amsgrad"], maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf)
     return run
 
 

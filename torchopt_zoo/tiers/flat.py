@@ -51,7 +51,6 @@ from .._validation import as_float
 from ..core.direction import apply_foreach
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-SMALL_NUMEL = 1 << 14
 # The Triton kernels' flat buffers are zero-padded to a multiple of PAD elements: Triton's JIT then
 # specialises their length as divisible by 16 and emits 128-bit accesses (tests/test_triton_codegen.py).
 # Padding starts at zero in every buffer; every rule keeps a parameter with zero gradient and zero
@@ -143,20 +142,6 @@ def ineligible(group_params: list[Tensor], params: list[Tensor], states: list[di
             return ("a parameter is not contiguous or shares its storage with another tensor "
                     "(moving it into a flat buffer would detach them)")
     return ""
-
-
-def pays_off(rule, params: list[Tensor], step: Tensor) -> bool:
-    """Whether flat buffers beat the list tier for ``rule``: always with a single-pass kernel
-    (Triton, or torch's own for the rule); with multi-pass torch ops only on small tensors (mean at
-    most ``SMALL_NUMEL`` elements), where per-tensor overhead dominates. On large tensors each op's
-    temporaries over one huge buffer cost more than the list tier saves (bench/step_speed.py)."""
-    first = params[0]
-    return (use_triton(first.device, first.dtype) or _torch_kernel(rule, first, step.dtype) is not None
-            or sum(p.numel() for p in params) <= SMALL_NUMEL * len(params))
-
-
-def _torch_kernel(rule, param: Tensor, step_dtype: torch.dtype):
-    return None if rule.torch_kernel is None else rule.torch_kernel(param, step_dtype)
 
 
 def use_triton(device: torch.device, dtype: torch.dtype) -> bool:
@@ -258,8 +243,15 @@ class FusedBucket(FlatBucket):
         self._record()
 
     def _record(self) -> None:
-        """Remember the storage use counts and the gradient version the fast path compares with."""
+        """Remember the storage use counts and the gradient version the fast path compares with
+        (after the parameters were checked to be the buffer's views)."""
         self.record_views()
+        self._record_grads()
+
+    def _record_grads(self) -> None:
+        """Remember the gradient buffer's use count and version, and nothing about the parameters:
+        ``zero_grad`` never checks them, so a parameter rebound before it must still show at the
+        next step."""
         self._grad_refs = _use_count(self.grad)
         self._grad_version = self.grad._version
 
@@ -290,7 +282,7 @@ class FusedBucket(FlatBucket):
         with one fill; returns the gradients left to zero one by one."""
         if self.grads_bound and _use_count(self.grad) == self._grad_refs:
             self.grad.zero_()
-            self._record()
+            self._record_grads()
             return []
         base, size, others, bound = self.grad.data_ptr(), self.grad.element_size(), [], 0
         for p, o, n in zip(self.members, self.offsets, self.numels):
@@ -306,7 +298,7 @@ class FusedBucket(FlatBucket):
                 others.append(g)
         self.grad.zero_()
         self.grads_bound = bound == self.n
-        self._record()
+        self._record_grads()
         return others
 
     # ---------------------------------------------------------------- steps
@@ -320,17 +312,16 @@ class FusedBucket(FlatBucket):
             from . import triton as _triton  # only where Triton runs
             _triton.step(rule, group, self, group_state, grad_scale, found_inf)
         elif found_inf is None or not found_inf.item():
-            lr = as_float("lr", group["lr"])
+            from . import torch_fused
             self.steps.add_(1)
-            steps = [self.steps[0].item()]
-            grad = prepare([self.param], [self.grad])[0]
-            run = _torch_kernel(rule, self.param, self.steps.dtype)
-            if run is None or grad.dtype != self.param.dtype:
-                states = {**self.flats, **self.scalars}
-                d = direction(rule.foreach, [self.param], [grad], [states], steps)
-                apply_foreach([self.param], d, lr)
-            else:
-                run(group, self, grad, lr)
+            states, step = {**self.flats, **self.scalars}, self.steps[0]
+            run = torch_fused.kernel(rule, group, [self.param], [self.grad], [step])
+            if run is None:
+                grad = prepare([self.param], [self.grad])[0]
+                d = direction(rule.foreach, [self.param], [grad], [states], [step.item()])
+                apply_foreach([self.param], d, as_float("lr", group["lr"]))
+            else:  # torch's kernel applies maximize and weight decay itself
+                torch_fused.launch(run, group, [self.param], [self.grad], [states], [step], grad_scale, None)
         self._grad_version = self.grad._version
 
 
