@@ -210,8 +210,8 @@ def _split_run(quad, x0, sizes, fused, steps=15, **kw):
 
 @given(quadratics(max_condition=1e3), st.data(), st.sampled_from(["fixed", "search", "restart"]))
 def test_flat_buffers_take_the_same_steps_as_the_tensor_lists(quad, data, variant):
-    # fused=None puts the parameters, z and y in flat buffers (one op per update over all
-    # tensors); fused=False runs the same updates over the tensor lists. Elementwise ops give the
+    # fused="flat" puts the parameters, z and y in flat buffers (one op per update over all
+    # tensors); the default runs the same updates over the tensor lists. Elementwise ops give the
     # same values. The search's inner products are summed in another order, which can flip an
     # acceptance decided at the rounding level: there both runs must meet the certified bound.
     x0 = data.draw(starts(quad))
@@ -220,7 +220,7 @@ def test_flat_buffers_take_the_same_steps_as_the_tensor_lists(quad, data, varian
     kw = {"fixed": {}, "search": {"line_search": Backtracking(DescentLemma(), reset="grow")},
           "restart": {"restart": True}}[variant]
     (flat_params, flat), (list_params, lists) = (_split_run(quad, x0, sizes, f, **copy.deepcopy(kw))
-                                                 for f in (None, False))
+                                                 for f in ("flat", None))
     assert lists.__dict__.get("_flat") is None and flat._flat is not None
     base = flat._flat.param
     assert [p.data_ptr() for p in flat_params] == [base.data_ptr() + o * base.element_size()
@@ -237,15 +237,15 @@ def test_flat_buffers_take_the_same_steps_as_the_tensor_lists(quad, data, varian
     assert flat.stats == lists.stats
 
 
-def test_fused_true_names_what_it_cannot_take():
-    with pytest.raises(ValueError, match='fused=True needs mirror="euclidean"'):
-        zoo.BregmanAccelerated([torch.full((3,), 1 / 3, requires_grad=True)], mirror="entropy", fused=True)
+def test_flat_buffers_name_what_they_cannot_take():
+    with pytest.raises(ValueError, match='fused="flat" needs mirror="euclidean"'):
+        zoo.BregmanAccelerated([torch.full((3,), 1 / 3, requires_grad=True)], mirror="entropy", fused="flat")
     with pytest.raises(ValueError, match="Invalid fused"):
         zoo.BregmanAccelerated([torch.zeros(3, requires_grad=True)], fused="yes")
     x = torch.zeros(4, 3).t().requires_grad_(True)  # not contiguous
-    opt = zoo.BregmanAccelerated([x], fused=True)
-    with pytest.raises(ValueError, match="fused=True: .*not contiguous"):
+    opt = zoo.BregmanAccelerated([x], fused="flat")
+    with pytest.raises(ValueError, match='fused="flat": .*not contiguous'):
         opt.step(lambda: x.square().sum())
-    opt = zoo.BregmanAccelerated([x])  # fused=None: the tensor lists
+    opt = zoo.BregmanAccelerated([x])  # the default: the tensor lists, nothing moved
     opt.step(make_closure(opt, lambda v: v.square().sum(), x))
     assert opt.__dict__.get("_flat") is None and opt.stats["k"] == 1

@@ -57,6 +57,11 @@ def _compile_all() -> dict:
             for key, traffic in runs.items():
                 out[key] = {"traffic": [vars(t) for t in traffic], "states": len(bucket.flats),
                             "n": bucket.param.numel()}
+            table_params = [torch.randn(s, dtype=getattr(torch, dtype), requires_grad=True) for s in SHAPES]
+            table_opt = cls(table_params, lr=1e-3, **kw)  # the default tier: address tables, nothing moved
+            for p in table_params:
+                p.grad = torch.randn_like(p)
+            out[f"{config_id((cls, kw))}/{dtype}/table"] = triton_codegen.table_traffic(table_opt)
     # a group past 2**31 elements: 64-bit offsets (LARGE), still one vectorised pass
     kernel, _, args, constexprs = triton_rules.launches(zoo_adam_rule(), *adam, {}, None, None)[0]
     args = (*args[:5], 2**31 + 2**20, *args[6:])
@@ -104,6 +109,20 @@ def test_one_vectorised_pass_per_step(compiled, cfg, dtype):
         assert sum(t["bytes_per_element"] for t in traffic) == cfg[0].rule.floor_bytes
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_address_table_kernels_move_the_floor_bytes(compiled, cfg, dtype):
+    """The default tier's launch over address tables moves exactly the bytes of one pass per tensor
+    (measured per element, whatever the accesses' width: 32-bit where an address from a table gives
+    the compiler no alignment to vectorise with)."""
+    name = config_id(cfg)
+    flat = compiled[f"{name}/{dtype}"]
+    assert compiled[f"{name}/{dtype}/table"] == _expected_bytes(name, dtype, flat["states"],
+                                                                   cfg[1].get("weight_decay", 0))
+    if dtype == "float32" and not cfg[1]:
+        assert sum(compiled[f"{name}/{dtype}/table"]) == cfg[0].rule.floor_bytes
+
+
 @pytest.mark.parametrize("cls", zoo.OPTIMIZERS, ids=lambda c: c.__name__)
 def test_every_rule_declares_its_floor_and_is_compiled(compiled, cls):
     """A registered rule without floor bytes, a Triton kernel or a default config fails here."""
@@ -111,7 +130,7 @@ def test_every_rule_declares_its_floor_and_is_compiled(compiled, cls):
     assert cls.rule.launches is not None, f"{cls.__name__} has no Triton kernel"
     assert cls.configs and cls.configs[0] == {}, "the first config must be the rule's defaults"
     for dtype in DTYPES:
-        assert f"{cls.__name__}/{dtype}" in compiled
+        assert f"{cls.__name__}/{dtype}" in compiled and f"{cls.__name__}/{dtype}/table" in compiled
 
 
 def test_amp_operands_add_no_per_element_traffic(compiled):

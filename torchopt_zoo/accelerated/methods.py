@@ -109,27 +109,27 @@ class BregmanAccelerated(_SingleGroup):
     ``step(closure)`` needs a closure that computes the loss and, when gradients are enabled,
     calls ``backward()`` (see :mod:`torchopt_zoo.stepsize.trials`); it returns ``f(x)``.
 
-    The Euclidean updates are elementwise: with ``fused=None`` (default) the parameters, ``z``,
-    ``y`` and a copy of the gradient live in flat buffers where the parameters qualify (see
-    :mod:`torchopt_zoo.tiers.flat`; one device and dtype), so a step is four single-pass ops
-    (``x = lerp(y, z, tau)``; the gradient copied in; ``x -= g / L``; ``z -= a g``, ``y = x``)
-    whatever the number of tensors; ``fused=False`` runs the same ops over the tensor lists,
-    ``fused=True`` insists on the flat buffers.
+    The Euclidean updates are elementwise ops over the tensor lists (``fused=None``, the default,
+    or ``False``). The opt-in ``fused="flat"`` moves the parameters, ``z``, ``y`` and a copy of the
+    gradient into flat buffers (see :mod:`torchopt_zoo.tiers.flat`; one device and dtype; each
+    ``p.data`` becomes a view of the buffer), so a step is four single-pass ops (``x = lerp(y, z,
+    tau)``; the gradient copied in; ``x -= g / L``; ``z -= a g``, ``y = x``) whatever the number of
+    tensors.
     """
 
     _state_key = "bregman"
 
     def __init__(self, params, order: int = 2, C: float = 0.25, L: float = 1.0,
                  mirror: str = "euclidean", line_search: Backtracking | None = None,
-                 restart: bool = False, fused: bool | None = None) -> None:
+                 restart: bool = False, fused: bool | str | None = None) -> None:
         check_int("order", order, 1)
         check_range("C", C, 0.0, low_open=True)
         check_range("L", L, 0.0, low_open=True)
         check_choice("mirror", mirror, MIRRORS)
         check_choice("restart", restart, (True, False))
-        check_choice("fused", fused, (None, True, False))
-        if fused and mirror != "euclidean":
-            raise ValueError('fused=True needs mirror="euclidean" (the entropic update normalises '
+        check_choice("fused", fused, (None, False, "flat"))
+        if fused == "flat" and mirror != "euclidean":
+            raise ValueError('fused="flat" needs mirror="euclidean" (the entropic update normalises '
                              "each row, it is not elementwise); leave fused=None")
         if line_search is not None:
             if not isinstance(line_search, Backtracking) or not isinstance(line_search.criterion, DescentLemma):
@@ -169,17 +169,16 @@ class BregmanAccelerated(_SingleGroup):
         params = self._params
         flat = self.__dict__.get("_flat")
         fused = group.get("fused")  # absent from the param groups of older checkpoints
-        if fused is not False and (flat is None or not (
+        if fused == "flat" and (flat is None or not (
                 params is self._flat_list and flat.views_unchanged() or flat.holds_views(params, states))):
             self._flat = flat = None
             reason = _fused.ineligible(params, params, states, whole_group=True)
-            if reason and fused:
-                raise ValueError(f"fused=True: the flat buffers cannot take these parameters: {reason}")
-            if not reason:
-                self._flat = flat = _fused.FlatBucket(params, states)
-                self._flat_grad = torch.empty_like(flat.param)
-                self._grad_views = [v.view(p.shape) for v, p in zip(self._flat_grad.split(flat.numels), params)]
-        if fused is False or flat is None:
+            if reason:
+                raise ValueError(f'fused="flat": the flat buffers cannot take these parameters: {reason}')
+            self._flat = flat = _fused.FlatBucket(params, states)
+            self._flat_grad = torch.empty_like(flat.param)
+            self._grad_views = [v.view(p.shape) for v, p in zip(self._flat_grad.split(flat.numels), params)]
+        if fused != "flat":
             return params, [st["z"] for st in states], [st["y"] for st in states]
         self._flat_list = params
         flat.record_views()

@@ -37,6 +37,7 @@ from .._validation import as_float, check_choice, check_range
 from ..stepsize import trials as _trials
 from ..stepsize.backtracking import Backtracking
 from ..tiers import flat as _fused
+from ..tiers import table as _table
 from ..tiers import torch_fused as _torch_fused
 from . import direction as _direction
 from .rule import Rule
@@ -88,6 +89,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                             f"got {type(line_search).__name__}")
         self.line_search = line_search
         self._fused: dict[int, _fused.FusedGroup] = {}
+        self._tables: dict[tuple, _table.TableBucket] = {}
         # torch.amp.GradScaler then passes grad_scale/found_inf to step() instead of unscaling p.grad
         self._step_supports_amp_scaling = line_search is None
         super().__init__(params, defaults)
@@ -120,6 +122,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("line_search", None)
         self._fused = {}  # loaded state tensors are no longer views of the flat buffers
+        self._tables = {}
         self.__dict__.setdefault("_step_supports_amp_scaling", self.line_search is None)
         if isinstance(self.state.get("line_search"), dict):  # never share it with the source
             self.state["line_search"] = _copy_stats(self.state["line_search"])
@@ -221,20 +224,45 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
 
     def _kernel_step(self, group, params, grads, states, grad_scale, found_inf):
         """The default tier: every part of the group (one device and dtype) for which the rule has a
-        single-pass kernel takes it, over the user's own tensors (torch's fused kernel on CPU);
-        returns the parameters, gradients and states left for the multi-tensor tier."""
-        if self.rule.group_wide:
+        single-pass kernel takes it, over the user's own tensors: the rule's Triton kernel over
+        address tables where Triton runs (CUDA; :mod:`torchopt_zoo.tiers.table`), torch's fused
+        kernel where torch has one (CPU; :mod:`torchopt_zoo.tiers.torch_fused`). Returns the
+        parameters, gradients and states left for the multi-tensor tier."""
+        parts = _fused.partition(params, list(zip(grads, states)))
+        if self.rule.group_wide and len(parts) > 1:  # its state spans the group: one kernel or none
             return params, grads, states
         rest = ([], [], [])
-        for ps, companions in _fused.partition(params, list(zip(grads, states))):
+        for ps, companions in parts:
             gs, ss = [c[0] for c in companions], [c[1] for c in companions]
-            run = _torch_fused.kernel(self.rule, group, ps, gs, [s["step"] for s in ss])
+            if self._table_step(group, ps, gs, ss, grad_scale, found_inf):
+                continue
+            run = None if self.rule.group_wide else _torch_fused.kernel(self.rule, group, ps, gs, [s["step"] for s in ss])
             if run is None:
                 for out, part in zip(rest, (ps, gs, ss)):
                     out += part
             else:
                 _torch_fused.step(run, group, ps, gs, ss, grad_scale, found_inf)
         return rest
+
+    def _table_step(self, group, params, grads, states, grad_scale, found_inf) -> bool:
+        """One launch of the rule's Triton kernel over address tables, where Triton runs for the
+        parameters' device and dtype; False where it does not take them."""
+        first = params[0]
+        if self.rule.launches is None or not _fused.use_triton(first.device, first.dtype):
+            return False
+        key = (id(group), first.device, first.dtype)
+        bucket = self._tables.get(key)
+        if bucket is None or not bucket.matches(params, states):
+            self._tables.pop(key, None)
+            bucket = _table.TableBucket.build(self.rule, params, states)
+            if bucket is None:
+                return False
+            self._tables[key] = bucket
+        if not bucket.load(grads):
+            return False
+        from ..tiers import triton as _triton  # only where Triton runs
+        _triton.step(self.rule, group, bucket, self._shared_state(group), grad_scale, found_inf)
+        return True
 
     def _fused_fast(self, group, grad_scale, found_inf) -> bool:
         """The fused step on the O(1) path, where nothing changed since the last step; False if not taken."""

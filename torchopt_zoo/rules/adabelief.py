@@ -42,9 +42,12 @@ def foreach(group, params, grads, states, steps):
 def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd,
            m_ptr, s_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-           LR_PTR: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
-                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
+           LR_PTR: tl.constexpr, EPS_ORIGINAL: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr,
+           TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
+    p_ptr, i, offs, mask, lr, p, g = T.head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE, HAS_INF,
+                                            MAXIMIZE, WD, LR_PTR, LARGE, BLOCK, TABLE, DTYPE, ROW)
+    m_ptr = T.entry(m_ptr, i, TABLE, tl.float32)
+    s_ptr = T.entry(s_ptr, i, TABLE, tl.float32)
     m = T.first_moment(m_ptr, offs, mask, g, beta1)
     s = T.second_moment(s_ptr, offs, mask, g - m, beta2, eps)
     p = p - lr * adam_step(m, s, step_ptr, log2_beta1, log2_beta2, eps, EPS_ORIGINAL)

@@ -47,9 +47,12 @@ def foreach(group, params, grads, states, steps):
 @jit
 def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr, u_ptr, rho, eps,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
-                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
+           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr,
+           TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
+    p_ptr, i, offs, mask, lr, p, g = T.head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE, HAS_INF,
+                                            MAXIMIZE, WD, LR_PTR, LARGE, BLOCK, TABLE, DTYPE, ROW)
+    v_ptr = T.entry(v_ptr, i, TABLE, tl.float32)
+    u_ptr = T.entry(u_ptr, i, TABLE, tl.float32)
     v = T.second_moment(v_ptr, offs, mask, g, rho, 0.0)
     u = T.load(u_ptr, offs, mask)
     delta = tl.sqrt(u + eps) / tl.sqrt(v + eps) * g

@@ -37,9 +37,11 @@ def foreach(group, params, grads, states, steps):
 @jit
 def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, s_ptr, lr_decay, eps,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
-                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
+           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr,
+           TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
+    p_ptr, i, offs, mask, lr, p, g = T.head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE, HAS_INF,
+                                            MAXIMIZE, WD, LR_PTR, LARGE, BLOCK, TABLE, DTYPE, ROW)
+    s_ptr = T.entry(s_ptr, i, TABLE, tl.float32)
     s = T.load(s_ptr, offs, mask) + g * g
     T.store(s_ptr, offs, s, mask)
     clr = lr / (1 + (tl.load(step_ptr) - 1) * lr_decay)

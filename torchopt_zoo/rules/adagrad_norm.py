@@ -38,11 +38,12 @@ def foreach(group, params, grads, states, steps, group_state):
 def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, b2_ptr,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
            WD: tl.constexpr, LR_PTR: tl.constexpr, NORM_PASS: tl.constexpr,
-           LARGE: tl.constexpr, BLOCK: tl.constexpr):
+           LARGE: tl.constexpr, BLOCK: tl.constexpr,
+           TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
     """Two launches: ``NORM_PASS``: ``b^2 += sum g^2`` (one atomic add per block); then
     ``p -= lr g / sqrt(b^2)``."""
-    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
-                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
+    p_ptr, i, offs, mask, lr, p, g = T.head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE, HAS_INF,
+                                            MAXIMIZE, WD, LR_PTR, LARGE, BLOCK, TABLE, DTYPE, ROW)
     if NORM_PASS:
         tl.atomic_add(b2_ptr, tl.sum(g * g, axis=0))
     else:

@@ -42,9 +42,11 @@ def foreach(group, params, grads, states, steps):
 @jit
 def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, m_ptr, beta1, beta2,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
-                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
+           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr,
+           TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
+    p_ptr, i, offs, mask, lr, p, g = T.head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE, HAS_INF,
+                                            MAXIMIZE, WD, LR_PTR, LARGE, BLOCK, TABLE, DTYPE, ROW)
+    m_ptr = T.entry(m_ptr, i, TABLE, tl.float32)
     m = T.load(m_ptr, offs, mask)
     c = beta1 * m + (1 - beta1) * g
     d = tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, 0.0))

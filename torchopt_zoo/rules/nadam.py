@@ -71,15 +71,20 @@ def foreach(group, params, grads, states, steps):
 def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, m_ptr, v_ptr, mu_product_ptr,
            beta1, beta2, log2_beta2, psi_log2_096, eps,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
-           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
-                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
+           LR_PTR: tl.constexpr, LARGE: tl.constexpr, BLOCK: tl.constexpr,
+           TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
+    p_ptr, i, offs, mask, lr, p, g = T.head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE, HAS_INF,
+                                            MAXIMIZE, WD, LR_PTR, LARGE, BLOCK, TABLE, DTYPE, ROW)
+    m_ptr = T.entry(m_ptr, i, TABLE, tl.float32)
+    v_ptr = T.entry(v_ptr, i, TABLE, tl.float32)
     m = T.first_moment(m_ptr, offs, mask, g, beta1)
     v = T.second_moment(v_ptr, offs, mask, g, beta2, 0.0)
     t = tl.load(step_ptr)
     mu = beta1 * (1 - 0.5 * tl.exp2(t * psi_log2_096))
     mu_next = beta1 * (1 - 0.5 * tl.exp2((t + 1) * psi_log2_096))
     mu_product = tl.load(mu_product_ptr)  # includes mu (the prologue multiplied it in)
+    if TABLE:
+        T.write_scalar(n, 1, mu_product, inf_ptr, HAS_INF, ROW)
     denom = tl.sqrt(v / T.bias_correction(step_ptr, log2_beta2)) + eps
     d = ((1 - mu) / (1 - mu_product) * g + mu_next / (1 - mu_product * mu_next) * m) / denom
     T.store(p_ptr, offs, p - lr * d, mask)

@@ -65,9 +65,13 @@ def kernel(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, v_ptr, ga_ptr,
            alpha, eps, momentum,
            HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr,
            LR_PTR: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, LARGE: tl.constexpr,
-           BLOCK: tl.constexpr):
-    offs, mask, lr, p, g = T.head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd,
-                                  HAS_SCALE, HAS_INF, MAXIMIZE, WD, LR_PTR, LARGE, BLOCK)
+           BLOCK: tl.constexpr,
+           TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
+    p_ptr, i, offs, mask, lr, p, g = T.head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE, HAS_INF,
+                                            MAXIMIZE, WD, LR_PTR, LARGE, BLOCK, TABLE, DTYPE, ROW)
+    v_ptr = T.entry(v_ptr, i, TABLE, tl.float32)
+    ga_ptr = T.entry(ga_ptr, i, TABLE, tl.float32)
+    buf_ptr = T.entry(buf_ptr, i, TABLE, tl.float32)
     v = T.second_moment(v_ptr, offs, mask, g, alpha, 0.0)
     if CENTERED:
         ga = T.first_moment(ga_ptr, offs, mask, g, alpha)

@@ -21,7 +21,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16",
+                 torch.int64: "i64"}
 _ACCESS = re.compile(r"\b(ld|st|atom|red)\.global((?:\.\w+)*)")
 _WIDTH = {"b8": 1, "b16": 2, "b32": 4, "b64": 8, "f32": 4, "f64": 8, "u32": 4, "s32": 4, "u64": 8}
 
@@ -117,3 +118,38 @@ def optimizer_traffic(optimizer, arch: int = 90, grad_scale: torch.Tensor | None
             os.environ["TORCHOPT_ZOO_TRITON"] = saved
     return bucket, step_traffic(optimizer.rule, group, bucket, optimizer._shared_state(group), arch,
                                 grad_scale, found_inf)
+
+
+def _thread_bytes(compiled) -> int:
+    """Bytes one thread moves by all the global loads and stores of ``compiled``'s PTX."""
+    total = 0
+    for op, suffix in _ACCESS.findall(compiled.asm["ptx"]):
+        if op in ("atom", "red"):
+            continue
+        parts = suffix.strip(".").split(".")
+        total += int(next((p[1:] for p in parts if re.fullmatch(r"v\d", p)), 1)) * _WIDTH[parts[-1]]
+    return total
+
+
+def table_traffic(optimizer, arch: int = 90) -> list[float]:
+    """Bytes per element of every launch of one step of ``optimizer``'s first param group over
+    address tables (:mod:`.table`: the default tier on CUDA), compiled for ``sm_<arch>``. A kernel
+    compiled for a block of B elements moves, per thread, B/threads times its per-element bytes
+    plus what each program reads once (table entries, step, lr); compiling at two block sizes and
+    taking the difference leaves the per-element bytes alone, whatever the accesses' width."""
+    from . import table as _table
+    from . import triton as _triton
+
+    group = optimizer.param_groups[0]
+    params, grads, states = optimizer._collect(group)
+    bucket = _table.TableBucket.build(optimizer.rule, params, states)
+    bucket.load(grads)
+    result = []
+    for kernel, _, args, constexprs in _triton.launches(optimizer.rule, group, bucket, optimizer._shared_state(group),
+                                                        None, None):
+        block = constexprs["BLOCK"]
+        big, small = (compile_launch(kernel, args, {**constexprs, "BLOCK": b}, arch) for b in (block, block // 2))
+        threads = big.metadata.num_warps * 32
+        assert small.metadata.num_warps * 32 == threads
+        result.append((_thread_bytes(big) - _thread_bytes(small)) * threads / (block - block // 2))
+    return result

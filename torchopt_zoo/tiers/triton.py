@@ -48,14 +48,50 @@ def jit(fn):
 
 
 @jit
-def block(inf_ptr, n, BLOCK: tl.constexpr, HAS_INF: tl.constexpr, LARGE: tl.constexpr):
+def block(inf_ptr, n, BLOCK: tl.constexpr, HAS_INF: tl.constexpr, LARGE: tl.constexpr, TABLE: tl.constexpr,
+          ROW: tl.constexpr):
+    """The tensor index ``i``, ``offs`` and ``mask`` of this program's block. Flat buffers: block
+    ``pid`` of ``n`` elements. Pointer tables (``TABLE``): ``n`` is the chunk table, one row of
+    ``ROW`` int64 per program: ``(i, start, numel, address of each 0-dim state or 0)``."""
     pid = tl.program_id(0)
-    if LARGE:  # offsets past 2**31 need 64-bit arithmetic
-        pid = pid.to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    if TABLE:
+        row = n + pid * ROW
+        i = tl.load(row)
+        offs = tl.load(row + 1) + tl.arange(0, BLOCK)
+        limit = tl.load(row + 2)
+    else:
+        if LARGE:  # offsets past 2**31 need 64-bit arithmetic
+            pid = pid.to(tl.int64)
+        i = 0
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        limit = n
     if HAS_INF:  # found_inf: no element is in range
-        n = tl.where(tl.load(inf_ptr) == 0, n, 0)
-    return offs, offs < n
+        limit = tl.where(tl.load(inf_ptr) == 0, limit, 0)
+    return i, offs, offs < limit
+
+
+@jit
+def entry(ptr, i, TABLE: tl.constexpr, DTYPE: tl.constexpr):
+    """The base pointer of tensor ``i``: read from the int64 address table ``ptr`` (``TABLE``), or
+    ``ptr`` itself (a flat buffer)."""
+    base = ptr
+    if TABLE:
+        base = tl.load(ptr + i).to(tl.pointer_type(DTYPE))
+    return base
+
+
+@jit
+def write_scalar(n, k, value, inf_ptr, HAS_INF: tl.constexpr, ROW: tl.constexpr):
+    """Pointer tables: the first program of each tensor stores ``value`` into the tensor's ``k``-th
+    0-dim state (``step`` is 0) whose address its chunk row holds (0 in the other rows); not where
+    AMP's ``found_inf`` is set."""
+    row = n + tl.program_id(0) * ROW
+    addr = tl.load(row + 3 + k)
+    write = addr != 0
+    if HAS_INF:
+        write = write & (tl.load(inf_ptr) == 0)
+    if write:
+        tl.store(addr.to(tl.pointer_type(tl.float32)), value)
 
 
 @jit
@@ -75,15 +111,21 @@ def param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd,
 
 
 @jit
-def head(p_ptr, g_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+def head(p_ptr, g_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, wd, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
          MAXIMIZE: tl.constexpr, WD: tl.constexpr, LR_PTR: tl.constexpr, LARGE: tl.constexpr,
-         BLOCK: tl.constexpr):
-    """What every kernel starts with: the block's ``offs`` and ``mask``, ``lr``, and the parameter and
-    prepared gradient (:func:`block`, :func:`scalar`, :func:`param_and_grad`)."""
-    offs, mask = block(inf_ptr, n, BLOCK, HAS_INF, LARGE)
+         BLOCK: tl.constexpr, TABLE: tl.constexpr, DTYPE: tl.constexpr, ROW: tl.constexpr):
+    """What every kernel starts with: the parameter's base pointer, the tensor index ``i``, the
+    block's ``offs`` and ``mask``, ``lr``, and the parameter and prepared gradient (:func:`block`,
+    :func:`entry`, :func:`scalar`, :func:`param_and_grad`); with pointer tables it also stores the
+    tensor's new ``step`` (the bucket's counter, advanced before the launch)."""
+    i, offs, mask = block(inf_ptr, n, BLOCK, HAS_INF, LARGE, TABLE, ROW)
+    p_ptr = entry(p_ptr, i, TABLE, DTYPE)
+    g_ptr = entry(g_ptr, i, TABLE, DTYPE)
     lr = scalar(lr, LR_PTR)
     p, g = param_and_grad(p_ptr, g_ptr, scale_ptr, offs, mask, lr, wd, HAS_SCALE, MAXIMIZE, WD)
-    return offs, mask, lr, p, g
+    if TABLE:
+        write_scalar(n, 0, tl.load(step_ptr), inf_ptr, HAS_INF, ROW)
+    return p_ptr, i, offs, mask, lr, p, g
 
 
 @jit
@@ -144,15 +186,22 @@ def kernel_lr(lr, device: torch.device) -> float | torch.Tensor:
 def launches(rule, group: dict, bucket, group_state: dict,
              grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None) -> list[tuple]:
     """The kernel launches of one step of ``rule`` (a :class:`~torchopt_zoo.core.rule.Rule`) over
-    ``bucket`` (a :class:`~.flat.FusedBucket`): ``(kernel, grid, args, constexprs)``, in order."""
+    ``bucket``: a :class:`~.flat.FusedBucket` (flat buffers) or a :class:`~.table.TableBucket`
+    (address tables): ``(kernel, grid, args, constexprs)``, in order."""
     param = bucket.param
+    table = getattr(bucket, "chunks", None)
     lr = kernel_lr(group["lr"], param.device)
     wd = group["weight_decay"]
-    n = param.numel()  # a multiple of flat.PAD, so the JIT specialises it and vectorises the accesses
+    if table is None:
+        n = param.numel()  # a multiple of flat.PAD, so the JIT specialises it and vectorises the accesses
+        grid, mode = (triton.cdiv(n, BLOCK),), dict(TABLE=False, DTYPE=tl.float32, ROW=1)
+    else:
+        n, grid = table, (bucket.programs,)
+        mode = dict(TABLE=True, DTYPE=bucket.triton_dtype, ROW=bucket.row)
     common = dict(HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
                   MAXIMIZE=group["maximize"], WD=0 if wd == 0 else 2 if group["decoupled_weight_decay"] else 1,
-                  LR_PTR=isinstance(lr, torch.Tensor), LARGE=n > 2**31 - 1 - BLOCK, BLOCK=BLOCK)
-    grid = (triton.cdiv(n, BLOCK),)
+                  LR_PTR=isinstance(lr, torch.Tensor), LARGE=table is None and n > 2**31 - 1 - BLOCK, BLOCK=BLOCK,
+                  **mode)
     head = (param, bucket.grad, bucket.steps, param if grad_scale is None else grad_scale,
             param if found_inf is None else found_inf, n, lr, wd)
     out = []

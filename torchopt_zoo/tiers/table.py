@@ -1,0 +1,99 @@
+"""The default tier's Triton path: one launch per step over the user's own tensors.
+
+A :class:`TableBucket` holds, for the parameters of one device and dtype of a param group, device
+tables of int64 addresses — of the parameters, of their gradients and of each state tensor — and a
+chunk table with one row per program: ``(tensor index, start, numel, addresses of the tensor's 0-dim
+state in its first row)``. A rule's kernel (the same one the flat buffers run, with ``TABLE``) casts
+the addresses to pointers, as in Triton's grouped-GEMM tutorial, and every program updates one
+chunk of one tensor in place. Nothing the user owns is moved, copied or rebound.
+
+The bucket keeps one device counter per 0-dim state key (``step``, NAdam's ``mu_product``): the
+kernels read the counter (advanced before the launch, on the device) and the first program of each
+tensor writes the new value into that tensor's own state, so ``state_dict()`` sees ordinary
+per-parameter tensors (kept on the parameters' device in float32, as torch's fused optimizers keep
+``step``). The tables are rebuilt only when an address changes: the check each step is a list of
+``data_ptr()`` (host work, no device sync); a rebuild reads the step counts once to check that they
+agree, and uploads the tables without blocking the host where the device is CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .triton import BLOCK, tl
+
+_TRITON_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _upload(values: list[int], device: torch.device) -> Tensor:
+    table = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        return table.pin_memory().to(device, non_blocking=True)
+    return table.to(device)
+
+
+class TableBucket:
+    """Address tables for one step of a rule over ``params`` (one device and dtype) and ``states``.
+    Build it with :meth:`build`, which returns None where the parameters cannot share one launch
+    (different step counts, or state that is missing or not shaped like its parameter)."""
+
+    def __init__(self, rule, params: list[Tensor], states: list[dict], keys: list[str]) -> None:
+        first = params[0]
+        self.device, self.dtype = first.device, first.dtype
+        self.triton_dtype = getattr(tl, _TRITON_DTYPES[first.dtype])
+        self.scalar_keys = ("step", *rule.scalar_state)
+        self.row = 3 + len(self.scalar_keys)
+        self.keys = keys
+        self.scalars = {key: states[0][key].clone() for key in self.scalar_keys}  # the device counters
+        self.steps = self.scalars["step"]
+        rows = []
+        for i, (p, state) in enumerate(zip(params, states)):
+            n = p.numel()
+            for start in range(0, n, BLOCK):
+                scalars = [state[k].data_ptr() if start == 0 else 0 for k in self.scalar_keys]
+                rows += [i, start, n, *scalars]
+        self.programs = len(rows) // self.row
+        self.chunks = _upload(rows, self.device)
+        self.param = _upload([p.data_ptr() for p in params], self.device)
+        self.flats = {k: _upload([s[k].data_ptr() for s in states], self.device) for k in keys}
+        self.addresses = self._addresses(params, states)
+        self.grad, self._grad_addresses = None, None
+
+    @classmethod
+    def build(cls, rule, params: list[Tensor], states: list[dict]) -> TableBucket | None:
+        first = params[0]
+        keys = [k for k in rule.state if k in states[0]]
+        for state, p in zip(states, params):
+            if any(not isinstance(state.get(k), Tensor) or state[k].shape != p.shape or not state[k].is_contiguous()
+                   for k in keys) or not p.is_contiguous():
+                return None
+            for key in ("step", *rule.scalar_state):  # on the device, float32: the kernels write them
+                if state[key].device != first.device or state[key].dtype != torch.float32:
+                    state[key] = state[key].to(device=first.device, dtype=torch.float32)
+        for key in ("step", *rule.scalar_state):
+            values = torch.stack([s[key] for s in states])
+            if not bool((values == values[0]).all()):  # one read, at a rebuild only
+                return None
+        return cls(rule, params, states, keys)
+
+    def _addresses(self, params, states) -> list[int]:
+        out = [p.data_ptr() for p in params]
+        for key in (*self.keys, *self.scalar_keys):
+            out += [s[key].data_ptr() for s in states]
+        return out
+
+    def matches(self, params: list[Tensor], states: list[dict]) -> bool:
+        """Whether the tables still hold these parameters' and states' addresses (O(n) host work)."""
+        return (len(params) * (1 + len(self.keys) + len(self.scalar_keys)) == len(self.addresses)
+                and all(p.dtype == self.dtype for p in params) and self._addresses(params, states) == self.addresses)
+
+    def load(self, grads: list[Tensor]) -> bool:
+        """Point the gradient table at ``grads`` (uploaded again only when an address changed);
+        False where a gradient is not a contiguous tensor of the parameters' dtype."""
+        if any(g.dtype != self.dtype or not g.is_contiguous() or g.layout != torch.strided for g in grads):
+            return False
+        addresses = [g.data_ptr() for g in grads]
+        if addresses != self._grad_addresses:
+            self.grad, self._grad_addresses = _upload(addresses, self.device), addresses
+        return True
