@@ -72,7 +72,7 @@ def default_loop_rows():
                  ("DiffGrad", "pytorch_optimizer foreach", lambda p: po.DiffGrad(p, weight_decouple=False, foreach=True)),
                  ("Lion", "pytorch_optimizer foreach", lambda p: po.Lion(p, foreach=True))]
     order = list(ZOO_ROWS)
-    return sorted(rows, key=lambda r: (order.index(r[0]), r[1] != ZOO_DEFAULT))
+    return sorted(rows, key=lambda r: (r[:2] != TORCH_FUSED_ADAM[:2], order.index(r[0]), r[1] != ZOO_DEFAULT))
 
 
 def flat_rows():

@@ -103,3 +103,24 @@ def test_meta_device_parameters_step(cfg, tier):
 
 def test_state_dtype_policy_is_unchanged():
     assert _flat.state_dtype(torch.zeros(1, dtype=torch.bfloat16)) == torch.float32
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("amp", [False, True])
+def test_default_steps_never_write_the_gradients(cfg, amp):
+    """torch's fused kernels unscale gradients in place and some fold weight decay into them; the
+    default tier hands them copies where that would write ``p.grad``."""
+    cls, kw = cfg
+    model = mlp()
+    opt = cls(model.parameters(), lr=1e-3, **kw)
+    if amp:
+        opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(0.0)
+    for i in range(3):
+        opt.zero_grad()
+        gen = torch.Generator().manual_seed(i)
+        torch.nn.functional.cross_entropy(model(torch.randn(16, 6, generator=gen)),
+                                          torch.randint(0, 3, (16,), generator=gen)).backward()
+        before = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        for p, g in zip(model.parameters(), before):
+            assert torch.equal(p.grad, g)

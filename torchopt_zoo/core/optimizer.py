@@ -8,16 +8,20 @@ around it:
 * param groups, ``add_param_group`` (validated before it is added), per-group hyperparameters,
   ``zero_grad``, ``step(closure)`` returning the closure's loss, step and state_dict hooks (all
   inherited from ``torch.optim.Optimizer``);
-* lazy per-parameter state with a float32 CPU tensor ``step`` kept as torch keeps it, so
+* lazy per-parameter state with a float32 tensor ``step`` kept as torch keeps it (on the CPU; on
+  the parameters' device where Triton kernels run, as for torch's fused optimizers), so
   state_dicts interchange with the matching ``torch.optim`` optimizer;
 * ``maximize``, coupled L2 weight decay (``g += wd * p``) and ``decoupled_weight_decay=True``
   (``p *= 1 - lr * wd``), tensor learning rates, complex parameters (as real views);
 * never writes into ``p.grad`` and never keeps a reference to it in state;
 * tiers: ``foreach=False`` runs the reference rule tensor by tensor, ``foreach=True`` the
-  multi-tensor rule over the list of tensors; the default (``fused=None``, ``foreach=None``) runs
-  the fused tier (:mod:`torchopt_zoo.tiers.flat`: parameters, gradients and state in flat
-  buffers, one Triton kernel per step on CUDA) where the group qualifies, else the multi-tensor
-  list tier; ``fused=True`` insists on the fused tier (bench/step_speed.py measures all of them);
+  multi-tensor rule over the list of tensors; the default (``fused=None`` or ``True``,
+  ``foreach=None``) runs single-pass kernels over the user's own tensors where the rule has one
+  (its Triton kernel over address tables on CUDA, :mod:`torchopt_zoo.tiers.table`; torch's fused
+  kernel on CPU, :mod:`torchopt_zoo.tiers.torch_fused`), else the multi-tensor tier; nothing the
+  user owns is moved or rebound. ``fused="flat"`` opts into flat buffers
+  (:mod:`torchopt_zoo.tiers.flat`: the parameters become views of one buffer; docs/fused-tier.md).
+  bench/step_speed.py measures all of them;
 * AMP: ``torch.amp.GradScaler`` hands the step its ``grad_scale`` and ``found_inf`` (as it does
   for torch's fused optimizers); the fused tier applies them on the device without a host sync,
   the other tiers read ``found_inf`` once per step. ``p.grad`` is never unscaled in place.
@@ -228,6 +232,10 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         address tables where Triton runs (CUDA; :mod:`torchopt_zoo.tiers.table`), torch's fused
         kernel where torch has one (CPU; :mod:`torchopt_zoo.tiers.torch_fused`). Returns the
         parameters, gradients and states left for the multi-tensor tier."""
+        bucket = self._tables.get(id(group))  # the usual case: one device and dtype, as last step
+        if bucket is not None and bucket.matches(params, states) and bucket.load(grads):
+            self._launch(group, bucket, grad_scale, found_inf)
+            return [], [], []
         parts = _fused.partition(params, list(zip(grads, states)))
         if self.rule.group_wide and len(parts) > 1:  # its state spans the group: one kernel or none
             return params, grads, states
@@ -260,9 +268,14 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             self._tables[key] = bucket
         if not bucket.load(grads):
             return False
+        if len(params) == len(group["params"]):  # the whole group: the next step tries it first
+            self._tables[id(group)] = bucket
+        self._launch(group, bucket, grad_scale, found_inf)
+        return True
+
+    def _launch(self, group, bucket, grad_scale, found_inf) -> None:
         from ..tiers import triton as _triton  # only where Triton runs
         _triton.step(self.rule, group, bucket, self._shared_state(group), grad_scale, found_inf)
-        return True
 
     def _fused_fast(self, group, grad_scale, found_inf) -> bool:
         """The fused step on the O(1) path, where nothing changed since the last step; False if not taken."""
@@ -311,8 +324,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
     # ----------------------------------------------------------------- gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As ``torch.optim.Optimizer.zero_grad``. With ``set_to_none=False`` the gradients of a
-        fused group become views of its flat gradient buffer, zeroed with one fill, so the next
-        backward accumulates straight into the buffer the fused step reads."""
+        ``fused="flat"`` group become views of its flat gradient buffer, zeroed with one fill, so the
+        next backward accumulates straight into the buffer the step reads."""
         if set_to_none or not self._fused:
             return super().zero_grad(set_to_none)
         rest = []

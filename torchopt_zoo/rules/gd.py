@@ -74,7 +74,33 @@ def launches(group, bucket, group_state):
                    {"MOMENTUM": group["momentum"] > 0, "NESTEROV": group["nesterov"]})]
 
 
-RULE = Rule("gd", reference, foreach, floor_bytes=12, state=(MOMENTUM_BUFFER,), launches=launches)
+def torch_kernel(group):
+    """torch's single-pass fused SGD (``torch._fused_sgd_``), which knows coupled weight decay only.
+    Its ``is_first_step`` (``buf = g``) holds for the whole list, so parameters at their first step
+    and the others take one call each."""
+    if group["decoupled_weight_decay"] and group["weight_decay"]:
+        return None
+    mu = group["momentum"]
+
+    def call(params, grads, bufs, lr, first, found_inf):
+        torch._fused_sgd_(params, grads, bufs, weight_decay=group["weight_decay"], momentum=mu, lr=lr,
+                          dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+                          is_first_step=first, grad_scale=None, found_inf=found_inf)
+
+    def run(params, grads, states, steps, lr, grad_scale, found_inf):
+        if not mu:
+            return call(params, grads, [], lr, False, found_inf)
+        first = (torch.stack(steps) == 1).tolist()  # the step counts are on the CPU here
+        for flag in (True, False):
+            idx = [i for i, f in enumerate(first) if f == flag]
+            if idx:
+                call([params[i] for i in idx], [grads[i] for i in idx],
+                     [states[i][MOMENTUM_BUFFER] for i in idx], lr, flag, found_inf)
+    return run
+
+
+RULE = Rule("gd", reference, foreach, floor_bytes=12, state=(MOMENTUM_BUFFER,), launches=launches,
+            torch_kernel=torch_kernel)
 
 
 @register

@@ -1,8 +1,11 @@
-"""The fused tier: a param group's parameters, gradients and state in flat buffers, one pass per step.
+"""The opt-in flat buffers (``fused="flat"``): a param group's parameters, gradients and state in
+flat buffers, one pass per step. The default tier never moves a user's tensor (:mod:`.table`,
+:mod:`.torch_fused`); this one does, for the fastest step in a ``zero_grad(set_to_none=False)``
+loop, with the trade-offs of docs/fused-tier.md.
 
 Layout (:class:`FusedGroup`, one per param group: a :class:`FusedBucket` per device and dtype of
 its parameters that have gradients; frozen parameters, ``requires_grad=False``, stay out). At the
-group's first fused step
+group's first step
 
 * the parameters move into one flat buffer per bucket (for the Triton kernels zero-padded to a
   multiple of :data:`PAD` elements): each ``p.data`` is rebound to a view of it, so the
@@ -32,11 +35,10 @@ counter moved) since the last step. Anything else goes through :meth:`FusedGroup
 checks every parameter. (Not caught: a gradient replaced while the code still holds a reference to
 the old one, and a gradient buffer written since the last step.)
 
-Kernels: on CUDA one Triton kernel per rule for float32/bf16/fp16 parameters
-(:mod:`.triton_rules`, which also applies AMP's ``grad_scale``/``found_inf`` and reads a tensor
-``lr`` on the device without a host sync); on CPU and for float64 torch's own single-pass kernel
-where torch has one for the rule (Adam, AdamW, AMSGrad), else the multi-tensor rule of
-:mod:`.foreach` run on the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels
+Kernels: on CUDA the rule's Triton kernel for float32/bf16/fp16 parameters (:mod:`.triton`, which
+also applies AMP's ``grad_scale``/``found_inf`` and reads a tensor ``lr`` on the device without a
+host sync); on CPU and for float64 torch's own single-pass kernel where torch has one for the rule
+(:mod:`.torch_fused`), else the rule's multi-tensor math run on the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels
 on CPU tensors too (with ``TRITON_INTERPRET=1``; the tests do).
 """
 

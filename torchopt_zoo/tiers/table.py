@@ -78,22 +78,21 @@ class TableBucket:
         return cls(rule, params, states, keys)
 
     def _addresses(self, params, states) -> list[int]:
-        out = [p.data_ptr() for p in params]
-        for key in (*self.keys, *self.scalar_keys):
-            out += [s[key].data_ptr() for s in states]
-        return out
+        keys = (*self.keys, *self.scalar_keys)
+        return [p.data_ptr() for p in params] + [s[k].data_ptr() for s in states for k in keys]
 
     def matches(self, params: list[Tensor], states: list[dict]) -> bool:
-        """Whether the tables still hold these parameters' and states' addresses (O(n) host work)."""
-        return (len(params) * (1 + len(self.keys) + len(self.scalar_keys)) == len(self.addresses)
-                and all(p.dtype == self.dtype for p in params) and self._addresses(params, states) == self.addresses)
+        """Whether the tables still hold these parameters' and states' addresses (O(n) host work;
+        a parameter rebound to other storage, of any dtype, has another address)."""
+        return self._addresses(params, states) == self.addresses
 
     def load(self, grads: list[Tensor]) -> bool:
-        """Point the gradient table at ``grads`` (uploaded again only when an address changed);
-        False where a gradient is not a contiguous tensor of the parameters' dtype."""
-        if any(g.dtype != self.dtype or not g.is_contiguous() or g.layout != torch.strided for g in grads):
-            return False
+        """Point the gradient table at ``grads``, uploaded again only when an address changed (then
+        the gradients are checked); False where a gradient is not a dense contiguous tensor of the
+        parameters' dtype."""
         addresses = [g.data_ptr() for g in grads]
         if addresses != self._grad_addresses:
+            if any(g.dtype != self.dtype or g.layout != torch.strided or not g.is_contiguous() for g in grads):
+                return False
             self.grad, self._grad_addresses = _upload(addresses, self.device), addresses
         return True
