@@ -244,7 +244,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             gs, ss = [c[0] for c in companions], [c[1] for c in companions]
             if self._table_step(group, ps, gs, ss, grad_scale, found_inf):
                 continue
-            run = None if self.rule.group_wide else _torch_fused.kernel(self.rule, group, ps, gs, [s["step"] for s in ss])
+            run = _torch_fused.kernel(self.rule, group, ps, gs, [s["step"] for s in ss])
             if run is None:
                 for out, part in zip(rest, (ps, gs, ss)):
                     out += part
