@@ -93,7 +93,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                             f"got {type(line_search).__name__}")
         self.line_search = line_search
         self._fused: dict[int, _fused.FusedGroup] = {}
-        self._tables: dict[tuple, _table.TableBucket] = {}
+        self._tables: dict[tuple, _table.TableBucket] = {}  # per (group, device, dtype)
+        self._group_tables: dict[int, _table.TableBucket] = {}  # a group's bucket when it spans the group
         # torch.amp.GradScaler then passes grad_scale/found_inf to step() instead of unscaling p.grad
         self._step_supports_amp_scaling = line_search is None
         super().__init__(params, defaults)
@@ -126,7 +127,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("line_search", None)
         self._fused = {}  # loaded state tensors are no longer views of the flat buffers
-        self._tables = {}
+        self._tables, self._group_tables = {}, {}
         self.__dict__.setdefault("_step_supports_amp_scaling", self.line_search is None)
         if isinstance(self.state.get("line_search"), dict):  # never share it with the source
             self.state["line_search"] = _copy_stats(self.state["line_search"])
@@ -232,7 +233,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         address tables where Triton runs (CUDA; :mod:`torchopt_zoo.tiers.table`), torch's fused
         kernel where torch has one (CPU; :mod:`torchopt_zoo.tiers.torch_fused`). Returns the
         parameters, gradients and states left for the multi-tensor tier."""
-        bucket = self._tables.get(id(group))  # the usual case: one device and dtype, as last step
+        bucket = self._group_tables.get(id(group))  # the usual case: one device and dtype, as last step
         if bucket is not None and bucket.matches(params, states) and bucket.load(grads):
             self._launch(group, bucket, grad_scale, found_inf)
             return [], [], []
@@ -269,7 +270,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         if not bucket.load(grads):
             return False
         if len(params) == len(group["params"]):  # the whole group: the next step tries it first
-            self._tables[id(group)] = bucket
+            self._group_tables[id(group)] = bucket
         self._launch(group, bucket, grad_scale, found_inf)
         return True
 
