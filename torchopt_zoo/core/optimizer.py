@@ -171,9 +171,10 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         """Parameters with a gradient, their gradients and their (lazily created) states."""
         params, grads, states = [], [], []
         for p in group["params"]:
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            if p.grad.is_sparse:
+            if g.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             state = self.state[p]
             if "step" not in state:
@@ -181,7 +182,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 for key, value in self._new_state(p, group).items():
                     state.setdefault(key, value)
             params.append(p)
-            grads.append(p.grad)
+            grads.append(g)
             states.append(state)
         return params, grads, states
 
