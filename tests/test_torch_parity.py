@@ -270,3 +270,60 @@ def test_fused_state_survives_save_load_and_grad_subsets(digits, tmp_path):
         model[0].bias.requires_grad_(True)
         train(model, opt, digits, 5, start=13)
     assert_same_params(mz, mt)  # the step without a full set of gradients runs the list tier
+
+
+def test_state_dict_round_trip_adds_no_group_keys(digits, tmp_path):
+    mz = make_model()
+    oz = zoo.Adam(groups(mz))
+    train(mz, oz, digits, 3)
+    before = oz.state_dict()
+    torch.save(before, tmp_path / "opt.pt")
+    again = zoo.Adam(groups(make_model()))
+    again.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    after = again.state_dict()
+    assert [sorted(g) for g in after["param_groups"]] == [sorted(g) for g in before["param_groups"]]
+    assert "differentiable" not in after["param_groups"][0]
+
+
+def test_an_older_state_dict_with_float_steps_loads_and_continues(digits):
+    m1, m2 = make_model(), make_model()
+    o1 = zoo.Adam(groups(m1))
+    train(m1, o1, digits, 5)
+    saved = copy.deepcopy(o1.state_dict())
+    m2.load_state_dict(m1.state_dict())
+    for state in saved["state"].values():
+        state["step"] = float(state["step"])  # as torch.optim kept it before 1.12
+    o2 = zoo.Adam(groups(m2))
+    o2.load_state_dict(saved)
+    train(m1, o1, digits, 5, start=5)
+    train(m2, o2, digits, 5, start=5)
+    assert_same_params(m1, m2)
+
+
+def test_sgd_momentum_state_continues_in_gd(digits):
+    """torch's SGD keeps no step: its momentum buffer loaded into GD continues, not restarts."""
+    kw = {"lr": 0.05, "momentum": 0.9}
+    m_torch, m_zoo = make_model(), make_model()
+    ot = torch.optim.SGD(groups(m_torch), **kw)
+    train(m_torch, ot, digits, 10)
+    m_zoo.load_state_dict(m_torch.state_dict())
+    oz = zoo.GD(groups(m_zoo), **kw)
+    oz.load_state_dict(copy.deepcopy(ot.state_dict()))
+    train(m_torch, ot, digits, 10, start=10)
+    train(m_zoo, oz, digits, 10, start=10)
+    assert_same_params(m_torch, m_zoo)
+
+
+def test_complex_adagrad_with_an_initial_accumulator_matches_torch():
+    torch.manual_seed(0)
+    w0, target = torch.randn(4, 3, dtype=torch.complex64), torch.randn(4, 3, dtype=torch.complex64)
+    a, b = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    oa = zoo.Adagrad([a], lr=0.1, initial_accumulator_value=0.3)
+    ob = torch.optim.Adagrad([b], lr=0.1, initial_accumulator_value=0.3)
+    for _ in range(20):
+        for x, o in ((a, oa), (b, ob)):
+            o.zero_grad()
+            ((x - target).abs() ** 2).sum().backward()
+            o.step()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(oa.state[a]["sum"], ob.state[b]["sum"])

@@ -85,13 +85,14 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
     # a per-coordinate (diagonal) preconditioner, as Adam's or AdaGrad's: schedules.refine weighs
     # such optimizers' gradient norms in l1, others in l2
     diagonal_adaptive: ClassVar[bool] = False
-    _pickled = ("line_search",)
+    _pickled = ("line_search", "_group_keys")
 
     def __init__(self, params, defaults: dict[str, Any], line_search: Backtracking | None = None) -> None:
         if line_search is not None and not isinstance(line_search, Backtracking):
             raise TypeError(f"line_search must be None or torchopt_zoo.stepsize.Backtracking(...), "
                             f"got {type(line_search).__name__}")
         self.line_search = line_search
+        self._group_keys = tuple(defaults)  # a group's own keys (torch adds "differentiable" to defaults on load)
         self._fused: dict[int, _fused.FusedGroup] = {}
         self._tables: dict[tuple, _table.TableBucket] = {}  # per (group, device, dtype)
         self._group_tables: dict[int, _table.TableBucket] = {}  # a group's bucket when it spans the group
@@ -131,11 +132,14 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         self.__dict__.setdefault("_step_supports_amp_scaling", self.line_search is None)
         if isinstance(self.state.get("line_search"), dict):  # never share it with the source
             self.state["line_search"] = _copy_stats(self.state["line_search"])
+        keys = self.__dict__.get("_group_keys") or [k for k in self.defaults if k != "differentiable"]
         for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            for key in keys:
+                group.setdefault(key, self.defaults[key])
             for p in group["params"]:  # torch casts loaded state to the parameter's dtype
                 state = self.state.get(p, {})
+                if "step" in state and not isinstance(state["step"], Tensor):  # older state_dicts
+                    state["step"] = torch.tensor(float(state["step"]), dtype=scalar_dtype())
                 for key, value in state.items():
                     if (key != "step" and isinstance(value, Tensor) and value.is_floating_point()
                             and value.shape == p.shape and value.dtype != _fused.state_dtype(p)):
@@ -178,7 +182,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             state = self.state[p]
             if "step" not in state:
-                state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+                # state loaded from an optimizer that keeps no step (torch's SGD): it has stepped
+                stepped = any(key in state for key in self.rule.state)
+                state["step"] = torch.tensor(float(stepped), dtype=scalar_dtype())
                 for key, value in self._new_state(p, group).items():
                     state.setdefault(key, value)
             params.append(p)

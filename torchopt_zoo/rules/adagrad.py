@@ -94,5 +94,7 @@ class Adagrad(ZooOptimizer):
         check_range("eps", group["eps"], 0.0)
 
     def _new_state(self, p, group):
-        return {SUM: torch.full_like(p, group["initial_accumulator_value"], dtype=state_dtype(p),
-                                     memory_format=torch.preserve_format)}
+        value = group["initial_accumulator_value"]
+        if p.is_complex():  # as torch: both parts of the real view start at the value
+            value = complex(value, value)
+        return {SUM: torch.full_like(p, value, dtype=state_dtype(p), memory_format=torch.preserve_format)}
