@@ -241,7 +241,7 @@ def cli_main():
         claims.append(claim("opt-in flat buffers: zoo Adam takes at most 0.2x torch's fused Adam on 3,200 small "
                             "tensors in their loop", "target", f"{z / f:.2f}x ({a.device})", z / f <= 0.2))
     steady, rebuild = host_cost_per_tensor()
-    print(f"\n### Host cost of the CUDA path per tensor (CPU tensors, nothing launched)\n")
+    print("\n### Host cost of the CUDA path per tensor (CPU tensors, nothing launched)\n")
     print("| work per step | µs per tensor |\n|---|---|")
     print(f"| steady loop: tables checked against new gradients, arguments built | {steady * 1e6:.2f} |")
     print(f"| rebuild: every address new, tables uploaded | {rebuild * 1e6:.2f} |")
