@@ -7,7 +7,6 @@ import torch
 from conftest import CONFIGS, config_id
 
 import torchopt_zoo as zoo
-from torchopt_zoo.tiers import flat as _flat
 
 
 def mlp(seed=0):
@@ -99,10 +98,6 @@ def test_meta_device_parameters_step(cfg, tier):
         opt.step()
     assert all(p.is_meta for p in params)
     assert all(float(opt.state[p]["step"]) == 2 for p in params)
-
-
-def test_state_dtype_policy_is_unchanged():
-    assert _flat.state_dtype(torch.zeros(1, dtype=torch.bfloat16)) == torch.float32
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import CONFIGS, config_id
 
 import torchopt_zoo as zoo
-from torchopt_zoo.tiers import flat as _fused
+from torchopt_zoo.core.state import state_dtype
 
 pytest.importorskip("triton")
 
@@ -413,5 +413,5 @@ def test_fused_arguments_are_checked():
 
 
 def test_state_dtype_policy():
-    assert _fused.state_dtype(torch.zeros(1, dtype=torch.float16)) == torch.float32
-    assert _fused.state_dtype(torch.zeros(1, dtype=torch.float64)) == torch.float64
+    assert state_dtype(torch.zeros(1, dtype=torch.float16)) == torch.float32
+    assert state_dtype(torch.zeros(1, dtype=torch.float64)) == torch.float64

@@ -45,6 +45,7 @@ from ..tiers import table as _table
 from ..tiers import torch_fused as _torch_fused
 from . import direction as _direction
 from .rule import Rule
+from .state import LOW_PRECISION, scalar_dtype, state_dtype
 
 STAT_KEYS = ("steps", "function_evals", "gradient_evals", "trials", "failures", "fallbacks")
 
@@ -61,18 +62,8 @@ class FlatBuffersWarning(UserWarning):
     multi-tensor tier (the message says why)."""
 
 
-def zeros_state(p: Tensor) -> Tensor:
-    """Zero state for ``p`` (float32 for bf16/fp16 parameters), as torch.optim creates it."""
-    return torch.zeros_like(p, dtype=_fused.state_dtype(p), memory_format=torch.preserve_format)
-
-
 def _copy_stats(stats: dict) -> dict:
     return {k: dict(v) if isinstance(v, dict) else v for k, v in stats.items()}
-
-
-def scalar_dtype() -> torch.dtype:
-    # torch.optim keeps ``step`` in float64 only when that is the default dtype.
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
@@ -142,8 +133,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                     state["step"] = torch.tensor(float(state["step"]), dtype=scalar_dtype())
                 for key, value in state.items():
                     if (key != "step" and isinstance(value, Tensor) and value.is_floating_point()
-                            and value.shape == p.shape and value.dtype != _fused.state_dtype(p)):
-                        state[key] = value.to(_fused.state_dtype(p))
+                            and value.shape == p.shape and value.dtype != state_dtype(p)):
+                        state[key] = value.to(state_dtype(p))
 
     # ----------------------------------------------------------------- state
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
@@ -199,8 +190,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         foreach = tier != "reference"
         if grad_scale is not None:
             grads = [g / grad_scale.to(g.device) for g in grads]
-        if any(g.dtype in _fused.LOW_PRECISION for g in grads):
-            grads = [g.float() if g.dtype in _fused.LOW_PRECISION else g for g in grads]
+        if any(g.dtype in LOW_PRECISION for g in grads):
+            grads = [g.float() if g.dtype in LOW_PRECISION else g for g in grads]
         if group["maximize"]:
             grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
         if wd != 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..core.direction import Direction, real_view
-from ..core.optimizer import zeros_state
+from ..core.state import zeros_state
 from ..core.rule import Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl

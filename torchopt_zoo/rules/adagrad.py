@@ -10,7 +10,7 @@ from ..core.direction import Direction, per_step, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.rule import Launch, Rule, register
 from ..tiers import triton as T
-from ..tiers.flat import state_dtype
+from ..core.state import state_dtype
 from ..tiers.triton import jit, tl
 
 SUM = "sum"

@@ -13,7 +13,8 @@ import torch
 
 from .._validation import check_betas, check_choice, check_range
 from ..core.direction import Direction, per_step, real_view, state_tensors
-from ..core.optimizer import ZooOptimizer, zeros_state
+from ..core.optimizer import ZooOptimizer
+from ..core.state import zeros_state
 from ..core.rule import Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl

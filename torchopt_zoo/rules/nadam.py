@@ -12,7 +12,7 @@ import torch
 
 from .._validation import check_range
 from ..core.direction import Direction, real_view
-from ..core.optimizer import scalar_dtype, zeros_state
+from ..core.state import scalar_dtype, zeros_state
 from ..core.rule import Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl

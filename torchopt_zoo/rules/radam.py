@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..core.direction import Direction, real_view
-from ..core.optimizer import zeros_state
+from ..core.state import zeros_state
 from ..core.rule import Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl

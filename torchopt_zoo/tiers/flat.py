@@ -25,7 +25,7 @@ outside the group shares their storage (so rebinding cannot detach it), or they 
 order in one of our flat buffers (after ``load_state_dict``); at a step every parameter that
 requires grad must have a dense gradient, those of a bucket the same step count, and a rule with
 state over the whole group (AdaGrad-Norm) takes one bucket. Otherwise the step takes the
-multi-tensor list tier.
+multi-tensor list tier, with a ``FlatBuffersWarning`` that says why.
 
 The fast path does O(1) host work per bucket (plus one ``p.grad is None`` per frozen parameter), so
 that on CUDA a step over thousands of tensors is one kernel launch per device and dtype: it is taken
@@ -38,8 +38,9 @@ the old one, and a gradient buffer written since the last step.)
 Kernels: on CUDA the rule's Triton kernel for float32/bf16/fp16 parameters (:mod:`.triton`, which
 also applies AMP's ``grad_scale``/``found_inf`` and reads a tensor ``lr`` on the device without a
 host sync); on CPU and for float64 torch's own single-pass kernel where torch has one for the rule
-(:mod:`.torch_fused`), else the rule's multi-tensor math run on the single flat tensors. ``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels
-on CPU tensors too (with ``TRITON_INTERPRET=1``; the tests do).
+(:mod:`.torch_fused`), else the rule's multi-tensor math run on the single flat tensors.
+``TORCHOPT_ZOO_TRITON=1`` runs the Triton kernels on CPU tensors too (with ``TRITON_INTERPRET=1``;
+the tests do).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from torch import Tensor
 
 from .._validation import as_float
 from ..core.direction import apply_foreach
+from ..core.state import LOW_PRECISION
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 # The Triton kernels' flat buffers are zero-padded to a multiple of PAD elements: Triton's JIT then
 # specialises their length as divisible by 16 and emits 128-bit accesses (tests/test_triton_codegen.py).
 # Padding starts at zero in every buffer; every rule keeps a parameter with zero gradient and zero
@@ -65,11 +66,6 @@ PAD = 16
 def padded(numel: int) -> int:
     """``numel`` rounded up to a multiple of :data:`PAD`."""
     return -(-numel // PAD) * PAD
-
-
-def state_dtype(p: Tensor) -> torch.dtype:
-    """The dtype of a parameter's state: float32 for bf16/fp16 parameters, else the parameter's."""
-    return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
 
 
 def _use_count(t: Tensor) -> int:

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from .._validation import as_float, check_one_element
-from .flat import LOW_PRECISION
+from ..core.state import LOW_PRECISION
 
 _DEVICES = frozenset(_get_fused_kernels_supported_devices())
 
