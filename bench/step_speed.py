@@ -148,13 +148,13 @@ def host_cost_per_tensor(count=3200, numel=320, repeats=20):
         p.grad = torch.randn_like(p)
     opt.step()  # the states exist
     group = opt.param_groups[0]
-    _, grads, states = opt._collect(group)
+    _, grads, states, _ = opt._collect(group)
     bucket = _table.TableBucket.build(opt.rule, params, states)
     bucket.load(grads)
     steady, rebuild = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _, grads, states = opt._collect(group)
+        _, grads, states, _ = opt._collect(group)
         assert bucket.matches(params, states) and bucket.load(grads)
         _triton.launches(opt.rule, group, bucket, {}, None, None)
         steady.append(time.perf_counter() - t0)

@@ -105,8 +105,8 @@ def test_state_dict_round_trip_continues_identically():
 
 
 @pytest.mark.parametrize("make, error, match", [
-    (lambda p: zoo.BregmanAccelerated(p, order=0), ValueError, r"Invalid order: 0; allowed range is integers >= 1"),
-    (lambda p: zoo.BregmanAccelerated(p, L=0.0), ValueError, r"Invalid L: 0\.0; allowed range is \(0\.0"),
+    (lambda p: zoo.BregmanAccelerated(p, order=0), ValueError, r"Invalid order value: 0; allowed range is integers >= 1"),
+    (lambda p: zoo.BregmanAccelerated(p, L=0.0), ValueError, r"Invalid L value: 0\.0; allowed range is \(0\.0"),
     (lambda p: zoo.BregmanAccelerated(p, C=-1.0), ValueError, "Invalid C"),
     (lambda p: zoo.BregmanAccelerated(p, mirror="kl"), ValueError, "Invalid mirror"),
     (lambda p: zoo.BregmanAccelerated(p, line_search=Backtracking(Armijo())), ValueError,

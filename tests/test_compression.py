@@ -48,7 +48,7 @@ def test_rand_k_is_contractive_in_expectation_and_scaled_rand_k_unbiased():
 @pytest.mark.parametrize("make, match", [
     (lambda: TopK(k=0), r"Invalid k: 0; allowed range is integers in \[1, d\]"),
     (lambda: TopK(k=5).compress(torch.zeros(3)), "Invalid k: 5; .* d = 3"),
-    (lambda: TopK(ratio=1.5), r"Invalid ratio: 1\.5; allowed range is \(0\.0, 1\.0\]"),
+    (lambda: TopK(ratio=1.5), r"Invalid ratio value: 1\.5; allowed range is \(0\.0, 1\.0\]"),
     (lambda: TopK(ratio=0.0), "Invalid ratio"),
     (lambda: TopK(k=1, ratio=0.5), "exactly one of k= or ratio="),
     (lambda: EF21([torch.zeros(3)], 2, RandK(k=1, scaled=True), 0.1), "needs a contractive compressor"),

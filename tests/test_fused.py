@@ -402,7 +402,7 @@ def test_a_tensor_lr_is_read_on_the_device_and_follows_its_scheduler(config, bac
 
 def test_fused_arguments_are_checked():
     p = [torch.nn.Parameter(torch.randn(3))]
-    with pytest.raises(ValueError, match="fused=True cannot be combined with foreach=True"):
+    with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together"):
         zoo.Adam(p, fused=True, foreach=True)
     with pytest.raises(ValueError, match="Invalid fused"):
         zoo.RMSprop(p, fused="yes")

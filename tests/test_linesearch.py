@@ -141,13 +141,13 @@ def test_adaptive_factor_is_rho_times_the_armijo_boundary_on_a_quadratic():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: Armijo(0.0), r"Invalid c: 0\.0; allowed range is \(0\.0, 1\.0\)"),
+    (lambda: Armijo(0.0), r"Invalid c value: 0\.0; allowed range is \(0\.0, 1\.0\)"),
     (lambda: Armijo(1.0), "Invalid c"),
     (lambda: Backtracking(rho=1.0), "Invalid rho"),
     (lambda: Backtracking(eps=0), "Invalid eps"),
     (lambda: Backtracking(max_trials=0), "Invalid max_trials"),
     (lambda: Backtracking(alpha0=-1), "Invalid alpha0"),
-    (lambda: Backtracking(reset="sometimes"), "Invalid reset: 'sometimes'; allowed values"),
+    (lambda: Backtracking(reset="sometimes"), "Invalid reset value: 'sometimes'; allowed values"),
     (lambda: Backtracking(gamma=1.0), "Invalid gamma"),
     (lambda: Backtracking(on_failure="ignore"), "Invalid on_failure"),
     (lambda: Backtracking(fallback="uphill"), "Invalid fallback"),

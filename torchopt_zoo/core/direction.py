@@ -7,6 +7,7 @@ lets the plain step be a single ``addcdiv`` per tensor, as in torch.optim.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,12 +40,20 @@ def inner(xs: list[Tensor], ys: list[Tensor]) -> float:
                               for x, y in zip(xs, ys)]).sum())
 
 
-def per_step(steps: list[float], fn):
-    """``fn(t)`` for each parameter's step, a single float when all steps agree (the usual case)."""
+def per_step(steps: list, fn):
+    """``fn(t)`` for each parameter's step, a single float when all steps agree (the usual case);
+    a list of 0-dim tensors where the steps are tensors (kept on the device: no host read)."""
+    if isinstance(steps[0], Tensor):
+        return [fn(t) for t in steps]
     if all(t == steps[0] for t in steps):
         return fn(steps[0])
     cache = {}
     return [cache.setdefault(t, fn(t)) for t in steps]
+
+
+def sqrt(x):
+    """``sqrt`` of a float step factor, or of a 0-dim tensor one (see :func:`per_step`)."""
+    return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
 
 
 def state_tensors(states: list[dict], key: str) -> list[Tensor]:
@@ -66,9 +75,17 @@ def apply_reference(params: list[Tensor], d: Direction, step_size: float) -> Non
             p.addcdiv_(num, denom, value=-step_size * coef)
 
 
-def apply_foreach(params: list[Tensor], d: Direction, step_size: float) -> None:
-    """``p += step_size * d`` with one multi-tensor kernel."""
-    if isinstance(d.coefs, list):
+def apply_foreach(params: list[Tensor], d: Direction, step_size) -> None:
+    """``p += step_size * d`` with one multi-tensor kernel; the step size and the coefficients may
+    be tensors (the step then reads nothing back to the host)."""
+    coefs = d.coef_list()
+    if isinstance(step_size, Tensor) or (coefs and isinstance(coefs[0], Tensor)):
+        scaled = torch._foreach_mul(d.nums, [c * -step_size for c in coefs])
+        if d.denoms is None:
+            torch._foreach_add_(params, scaled)
+        else:
+            torch._foreach_addcdiv_(params, scaled, d.denoms)
+    elif isinstance(d.coefs, list):
         scalars = [-step_size * c for c in d.coefs]
         if d.denoms is None:
             torch._foreach_add_(params, torch._foreach_mul(d.nums, scalars))

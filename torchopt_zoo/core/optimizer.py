@@ -83,6 +83,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             raise TypeError(f"line_search must be None or torchopt_zoo.stepsize.Backtracking(...), "
                             f"got {type(line_search).__name__}")
         self.line_search = line_search
+        self._check_group(defaults)  # as torch.optim: a bad argument fails before the parameters are read
         self._group_keys = tuple(defaults)  # a group's own keys (torch adds "differentiable" to defaults on load)
         self._fused: dict[int, _fused.FusedGroup] = {}
         self._tables: dict[tuple, _table.TableBucket] = {}  # per (group, device, dtype)
@@ -98,9 +99,13 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         check_range("weight_decay", group["weight_decay"], 0.0)
         check_choice("foreach", group["foreach"], (None, True, False))
         check_choice("fused", group["fused"], FUSED)
-        if group["fused"] and group["foreach"] is not None:
-            raise ValueError(f"fused={group['fused']!r} cannot be combined with foreach={group['foreach']}; "
-                             "leave foreach=None")
+        check_choice("capturable", group["capturable"], (True, False))
+        check_choice("differentiable", group["differentiable"], (True, False))
+        if group["fused"] and group["differentiable"]:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if group["fused"] and group["foreach"]:
+            raise RuntimeError(f"`fused` and `foreach` cannot be `True` together (fused={group['fused']!r}, "
+                               "foreach=True); leave foreach=None")
         check_choice("maximize", group["maximize"], (True, False))
         check_choice("decoupled_weight_decay", group["decoupled_weight_decay"], (True, False))
         if self.line_search is not None and group["decoupled_weight_decay"] and group["weight_decay"]:
@@ -108,6 +113,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                              "search moves along one direction from x; use weight_decay with "
                              "decoupled_weight_decay=False (the search then includes "
                              "(weight_decay/2)|x|^2 in the objective), or weight_decay=0")
+        if self.line_search is not None and group["differentiable"]:
+            raise ValueError("differentiable=True with line_search is not supported: the search "
+                             "chooses its step from forward evaluations; leave differentiable=False")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
@@ -154,36 +162,60 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         """``"reference"``, ``"foreach"`` (tensor lists), ``"fused"`` (single-pass kernels over the
         user's tensors, where the rule has one for their device and dtype) or ``"flat"`` (the
         opt-in flat buffers)."""
-        if group["foreach"] is False or torch.jit.is_scripting():
+        if group["differentiable"] or torch.jit.is_scripting():
             return "reference"
-        if group["fused"] == "flat" and not torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return "reference" if group["foreach"] is False else "foreach"
+        if group["fused"] == "flat":
             return "flat"
-        if group["foreach"] or group["fused"] is False or torch.compiler.is_compiling():
+        if group["fused"] is True:
+            return "fused"
+        if group["foreach"] is False:
+            return "reference"
+        if group["foreach"] or group["fused"] is False:
             return "foreach"
         return "fused"
 
     def _collect(self, group):
-        """Parameters with a gradient, their gradients and their (lazily created) states."""
-        params, grads, states = [], [], []
+        """Parameters with a dense gradient, their gradients and their (lazily created) states, and
+        ``(p, grad, state)`` of the parameters whose gradient is sparse (for rules with a sparse step)."""
+        fused = group["fused"] is True
+        params, grads, states, sparse = [], [], [], []
         for p in group["params"]:
             g = p.grad
             if g is None:
                 continue
-            if g.is_sparse:
+            if fused:
+                _torch_fused.check_fused_device(p)
+            if g.is_sparse and self.rule.sparse is None:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             state = self.state[p]
             if "step" not in state:
                 # state loaded from an optimizer that keeps no step (torch's SGD): it has stepped
                 stepped = any(key in state for key in self.rule.state)
-                state["step"] = torch.tensor(float(stepped), dtype=scalar_dtype())
+                state["step"] = torch.tensor(float(stepped), dtype=scalar_dtype(),
+                                             device=p.device if group["capturable"] else None)
                 for key, value in self._new_state(p, group).items():
                     state.setdefault(key, value)
+            if g.is_sparse:
+                sparse.append((p, g, state))
+                continue
             params.append(p)
             grads.append(g)
             states.append(state)
-        return params, grads, states
+        return params, grads, states, sparse
 
-    def _prepare(self, group, params, grads, tier, grad_scale=None):
+    def _sparse_step(self, group, sparse) -> None:
+        """The rule's step for parameters with sparse gradients (embeddings with ``sparse=True``),
+        one tensor at a time, as torch.optim does."""
+        if group["weight_decay"]:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        lr = as_float("lr", group["lr"])
+        for p, g, state in sparse:
+            state["step"] += 1
+            self.rule.sparse(group, p, -g if group["maximize"] else g, state, float(state["step"]), lr)
+
+    def _prepare(self, group, params, grads, tier, lr, grad_scale=None):
         """AMP's ``grad_scale``, float32 for bf16/fp16 gradients (the state's dtype), ``maximize``
         and weight decay; new tensors, never ``p.grad`` itself."""
         wd = group["weight_decay"]
@@ -196,7 +228,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
         if wd != 0:
             if group["decoupled_weight_decay"]:
-                factor = 1 - as_float("lr", group["lr"]) * wd
+                factor = 1 - lr * wd
                 if foreach:
                     torch._foreach_mul_(params, factor)
                 else:
@@ -286,7 +318,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
 
     def _fused_step(self, group, fused, grad_scale, found_inf) -> None:
         def prepare(params, grads):
-            return self._prepare(group, params, grads, "foreach", grad_scale)[1]
+            return self._prepare(group, params, grads, "foreach", as_float("lr", group["lr"]), grad_scale)[1]
 
         def direction(rule_fn, params, grads, states, steps):
             return self._direction(rule_fn, group, params, grads, states, steps)
@@ -299,7 +331,16 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             return rule_fn(group, params, grads, states, steps, self._shared_state(group))
         return rule_fn(group, params, grads, states, steps)
 
-    def _step_counts(self, states, tier) -> list[float]:
+    def _on_device(self, group, tier) -> bool:
+        """Whether the list step keeps step counts, bias corrections and ``lr`` as tensors (no host
+        read): under ``torch.compile`` (no graph break, no recompile per step) and with
+        ``capturable=True`` (CUDA graphs), for rules whose multi-tensor math takes tensor steps."""
+        return (tier == "foreach" and self.rule.tensor_steps
+                and (group["capturable"] or torch.compiler.is_compiling()))
+
+    def _step_counts(self, states, tier, on_device=False) -> list:
+        """Advance every ``step`` by one; the counts as floats (one host read per device), or the
+        step tensors themselves where ``on_device``."""
         step_tensors = [s["step"] for s in states]
         if tier == "reference":
             for s in step_tensors:
@@ -308,17 +349,22 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             torch._foreach_add_(step_tensors, torch.ones((), dtype=step_tensors[0].dtype), alpha=1.0)
         else:
             torch._foreach_add_(step_tensors, 1.0)
-        return torch.stack([s.cpu() for s in step_tensors]).tolist()  # one host read per device
+        if on_device:
+            return step_tensors
+        return torch.stack([s.cpu() for s in step_tensors]).tolist()
 
     def _list_direction(self, group, tier, params, grads, states, grad_scale=None):
-        """Count the step, prepare the gradients and run the group's rule over tensor lists."""
-        steps = self._step_counts(states, tier)
+        """Count the step, prepare the gradients and run the group's rule over tensor lists; returns
+        the real parameters, their prepared gradients, the direction and the step size to apply."""
+        on_device = self._on_device(group, tier)
+        steps = self._step_counts(states, tier, on_device)
         if any(p.is_complex() for p in params):
             params = [_direction.real_view(p) for p in params]
             grads = [_direction.real_view(g) for g in grads]
-        params, grads = self._prepare(group, params, grads, tier, grad_scale)
+        lr = group["lr"] if on_device else as_float("lr", group["lr"])
+        params, grads = self._prepare(group, params, grads, tier, lr, grad_scale)
         rule_fn = self.rule.reference if tier == "reference" else self.rule.foreach
-        return params, grads, self._direction(rule_fn, group, params, grads, states, steps)
+        return params, grads, self._direction(rule_fn, group, params, grads, states, steps), lr
 
     # ----------------------------------------------------------------- gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -393,11 +439,12 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         snapshot = _trials.StateSnapshot(self.state, all_params)
         params, x0, moves, grads, lrs = [], [], [], [], []
         for group in self.param_groups:
-            ps, gs, states = self._collect(group)
+            ps, gs, states, sparse = self._collect(group)
+            if sparse:
+                raise RuntimeError(f"{type(self).__name__} with line_search does not support sparse gradients")
             if not ps:
                 continue
-            ps, gs, d = self._list_direction(group, self._tier(group), ps, gs, states)
-            lr = as_float("lr", group["lr"])
+            ps, gs, d, lr = self._list_direction(group, self._tier(group), ps, gs, states)
             params += ps
             grads += gs
             lrs += [-lr] * len(ps)
@@ -455,25 +502,33 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             _trials.report_failure(message, self.line_search.on_failure)
         return loss
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """One optimizer step; returns ``closure()`` (evaluated with gradients enabled) if given.
 
         With ``line_search`` set, the closure is required and the step is searched (see
-        :meth:`_searched_step` and :mod:`torchopt_zoo.stepsize.trials` for the protocol)."""
-        if self.line_search is not None:
-            return self._searched_step(closure)
+        :meth:`_searched_step` and :mod:`torchopt_zoo.stepsize.trials` for the protocol). The step
+        runs without autograd unless the optimizer was built with ``differentiable=True`` (as
+        torch.optim: the reference tier then records the update for autograd)."""
+        with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
+            if self.line_search is not None:
+                return self._searched_step(closure)
+            return self._plain_step(closure)
+
+    def _plain_step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        grad_scale, found_inf = (None if t is None else t.reshape(())  # AMP's one-element tensors
+                                 for t in (getattr(self, "grad_scale", None), getattr(self, "found_inf", None)))
         skip = None  # whether found_inf is set, read once, only if a list tier needs it
         for group in self.param_groups:
             tier = self._tier(group)
             if tier == "flat" and self._fused_fast(group, grad_scale, found_inf):
                 continue
-            params, grads, states = self._collect(group)
+            params, grads, states, sparse = self._collect(group)
+            if sparse:
+                self._sparse_step(group, sparse)
             if not params:
                 continue
             if tier == "flat":
@@ -490,6 +545,6 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 skip = found_inf is not None and bool(found_inf.item())
             if skip:
                 continue
-            params, _, d = self._list_direction(group, tier, params, grads, states, grad_scale)
-            TIERS["reference" if tier == "reference" else "foreach"](params, d, as_float("lr", group["lr"]))
+            params, _, d, lr = self._list_direction(group, tier, params, grads, states, grad_scale)
+            TIERS["reference" if tier == "reference" else "foreach"](params, d, lr)
         return loss

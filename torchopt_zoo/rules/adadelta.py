@@ -23,7 +23,7 @@ def reference(group, params, grads, states, steps):
     for g, state in zip(grads, states):
         v, u = real_view(state[SQUARE_AVG]), real_view(state[ACC_DELTA])
         v.mul_(rho).addcmul_(g, g, value=1 - rho)
-        delta = u.add(eps).sqrt_().div_(v.add(eps).sqrt_()).mul_(g)
+        delta = u.add(eps).sqrt() / v.add(eps).sqrt() * g  # out of place: differentiable=True
         u.mul_(rho).addcmul_(delta, delta, value=1 - rho)
         nums.append(delta)
     return Direction(nums, None, 1.0)
@@ -82,9 +82,9 @@ class Adadelta(ZooOptimizer):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=None, *, fused=None,
-                 maximize=False, decoupled_weight_decay=False, line_search=None):
+                 maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False, line_search=None):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused,
-                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+                        maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 
     def _check_group(self, group) -> None:

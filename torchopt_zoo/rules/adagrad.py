@@ -21,7 +21,7 @@ def reference(group, params, grads, states, steps):
     for g, state, t in zip(grads, states, steps):
         s = real_view(state[SUM])
         s.addcmul_(g, g, value=1)
-        nums.append(g), denoms.append(s.sqrt().add_(group["eps"]))
+        nums.append(g), denoms.append(s.sqrt() + group["eps"])  # out of place: differentiable=True
         coefs.append(1 / (1 + (t - 1) * group["lr_decay"]))
     return Direction(nums, denoms, coefs)
 
@@ -64,7 +64,25 @@ def torch_kernel(group):
     return run
 
 
-RULE = Rule("adagrad", reference, foreach, floor_bytes=20, state=(SUM,), launches=launches, torch_kernel=torch_kernel)
+def sparse(group, p, g, state, t, lr):
+    """A sparse gradient, as torch.optim.Adagrad takes it: only the gradient's rows of the sum and
+    of the parameter change (``s += g^2`` there, ``p -= clr g / (sqrt(s) + eps)`` there)."""
+    g = g.coalesce()
+    indices, values = g._indices(), g._values()
+    if values.numel() == 0:
+        return
+
+    def rows(v):
+        return torch.sparse_coo_tensor(indices, v, g.shape)
+
+    s = state[SUM]
+    s.add_(rows(values.pow(2)))
+    std = s.sparse_mask(g)._values().sqrt_().add_(group["eps"])
+    p.add_(rows(values / std), alpha=-lr / (1 + (t - 1) * group["lr_decay"]))
+
+
+RULE = Rule("adagrad", reference, foreach, floor_bytes=20, state=(SUM,), launches=launches,
+            torch_kernel=torch_kernel, sparse=sparse)
 
 
 @register
@@ -79,11 +97,11 @@ class Adagrad(ZooOptimizer):
     configs = [{}, {"lr_decay": 0.01, "initial_accumulator_value": 0.1}]
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, foreach=None, *, fused=None, maximize=False, decoupled_weight_decay=False,
+                 eps=1e-10, foreach=None, *, fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
-                        foreach=foreach, fused=fused, maximize=maximize,
+                        foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .._validation import check_betas, check_choice, check_range
-from ..core.direction import Direction, per_step, real_view, state_tensors
+from ..core.direction import Direction, per_step, real_view, sqrt, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
 from ..core.rule import Launch, Rule, register
@@ -33,18 +33,18 @@ def scaling(v, t, beta1, beta2, eps, eps_mode):
     bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
     if eps_mode == "torch":
         return (v.sqrt() / math.sqrt(bc2)).add_(eps), 1 / bc1
-    return v.sqrt().add_(eps), math.sqrt(bc2) / bc1
+    return v.sqrt() + eps, math.sqrt(bc2) / bc1  # out of place: differentiable=True keeps the root
 
 
 def scaling_list(v, steps, beta1, beta2, eps, eps_mode):
     """List form of :func:`scaling`."""
     denom = torch._foreach_sqrt(v)
     if eps_mode == "torch":
-        torch._foreach_div_(denom, per_step(steps, lambda t: math.sqrt(1 - beta2 ** t)))
+        torch._foreach_div_(denom, per_step(steps, lambda t: sqrt(1 - beta2 ** t)))
         torch._foreach_add_(denom, eps)
         return denom, per_step(steps, lambda t: 1 / (1 - beta1 ** t))
     torch._foreach_add_(denom, eps)
-    return denom, per_step(steps, lambda t: math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t))
+    return denom, per_step(steps, lambda t: sqrt(1 - beta2 ** t) / (1 - beta1 ** t))
 
 
 def moments_list(grads, states, beta1, beta2, v_key):
@@ -87,7 +87,7 @@ class AdamFamily(ZooOptimizer):
 
     def _check_group(self, group) -> None:
         super()._check_group(group)
-        check_betas(group["betas"])
+        check_betas(group["betas"], foreach=group["foreach"], capturable=group["capturable"])
         check_range("eps", group["eps"], 0.0)
         if "eps_mode" in group:
             check_choice("eps_mode", group["eps_mode"], EPS_MODES)
@@ -104,8 +104,9 @@ def reference(group, params, grads, states, steps):
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         if group["amsgrad"]:
             vmax = real_view(state[MAX_EXP_AVG_SQ])
-            torch.maximum(vmax, v, out=vmax)
-            v = vmax
+            # differentiable=True: autograd keeps the old vmax, so the maximum reads a copy of it
+            v = torch.maximum(vmax.clone() if group["differentiable"] else vmax, v)
+            vmax.copy_(v)
         denom, coef = scaling(v, t, beta1, beta2, group["eps"], "torch")
         nums.append(m), denoms.append(denom), coefs.append(coef)
     return Direction(nums, denoms, coefs)
@@ -186,15 +187,18 @@ class Adam(AdamFamily):
                {"maximize": True, "decoupled_weight_decay": True, "weight_decay": 0.1}]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, foreach=None, fused=None, maximize=False, decoupled_weight_decay=False,
+                 amsgrad=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
                  line_search=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, foreach=foreach, fused=fused,
-                         maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                         maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=decoupled_weight_decay,
                          line_search=line_search)
 
     def _check_group(self, group) -> None:
         super()._check_group(group)
         check_choice("amsgrad", group["amsgrad"], (True, False))
+        if isinstance(group["lr"], torch.Tensor) and group["foreach"] and not group["capturable"]:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True "
+                             "(as torch.optim.Adam); pass a float, or capturable=True")
 
     def _new_state(self, p, group):
         state = {EXP_AVG: zeros_state(p), EXP_AVG_SQ: zeros_state(p)}
@@ -213,6 +217,6 @@ class AdamW(Adam):
     configs = [{}]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, foreach=None, fused=None, maximize=False, line_search=None):
+                 amsgrad=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, line_search=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, fused=fused,
-                         maximize=maximize, decoupled_weight_decay=True, line_search=line_search)
+                         maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=True, line_search=line_search)

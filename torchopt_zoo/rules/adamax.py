@@ -22,7 +22,7 @@ def reference(group, params, grads, states, steps):
     for g, state, t in zip(grads, states, steps):
         m, u = real_view(state[EXP_AVG]), real_view(state[EXP_INF])
         m.lerp_(g, 1 - beta1)
-        torch.maximum(u.mul_(beta2), g.abs().add_(group["eps"]), out=u)
+        u.copy_(torch.maximum(u * beta2, g.abs() + group["eps"]))  # out of place: differentiable=True
         nums.append(m), denoms.append(u), coefs.append(1 / (1 - beta1 ** t))
     return Direction(nums, denoms, coefs)
 
@@ -75,8 +75,8 @@ class Adamax(AdamFamily):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=None, *,
-                 fused=None, maximize=False, decoupled_weight_decay=False, line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize,
+                 fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False, line_search=None):
+        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
                          decoupled_weight_decay=decoupled_weight_decay, line_search=line_search)
 
     def _new_state(self, p, group):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_choice, check_range
-from ..core.direction import Direction, real_view, state_tensors
+from ..core.direction import Direction, apply_reference, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
 from ..core.rule import Launch, Rule, register
@@ -100,8 +100,17 @@ def torch_kernel(group):
     return run
 
 
+def sparse(group, p, g, state, t, lr):
+    """A sparse gradient, as torch.optim.SGD takes it: ``p -= lr g`` touches only the gradient's
+    rows; with momentum the buffer is dense, so the reference rule runs on the dense gradient."""
+    if group["momentum"] == 0:
+        p.add_(g, alpha=-lr)
+        return
+    apply_reference([p], reference(group, [p], [g.to_dense()], [state], [t]), lr)
+
+
 RULE = Rule("gd", reference, foreach, floor_bytes=12, state=(MOMENTUM_BUFFER,), launches=launches,
-            torch_kernel=torch_kernel)
+            torch_kernel=torch_kernel, sparse=sparse, tensor_steps=False)
 
 
 @register
@@ -118,10 +127,10 @@ class GD(ZooOptimizer):
     configs = [{}, {"momentum": 0.9, "nesterov": True}, {"momentum": 0.5, "dampening": 0.1}]
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, foreach=None, fused=None, maximize=False, decoupled_weight_decay=False,
+                 nesterov=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, foreach=foreach, fused=fused, maximize=maximize,
+                        nesterov=nesterov, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 

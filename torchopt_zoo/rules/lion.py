@@ -77,14 +77,14 @@ class Lion(ZooOptimizer):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, foreach=None, fused=None,
-                 maximize=False, line_search=None):
+                 maximize=False, capturable=False, differentiable=False, line_search=None):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, weight_decay=weight_decay,
-                        foreach=foreach, fused=fused, maximize=maximize, decoupled_weight_decay=True)
+                        foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=True)
         super().__init__(params, defaults, line_search)
 
     def _check_group(self, group) -> None:
         super()._check_group(group)
-        check_betas(group["betas"])
+        check_betas(group["betas"], foreach=group["foreach"], capturable=group["capturable"])
 
     def _new_state(self, p, group):
         return {EXP_AVG: zeros_state(p)}

@@ -47,7 +47,7 @@ def reference(group, params, grads, states, steps):
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         c_g, c_m = _coefficients(group, t, _first(mu_product))
         nums.append(g.mul(c_g).add_(m, alpha=c_m))
-        denoms.append(v.div(1 - beta2 ** t).sqrt_().add_(group["eps"]))
+        denoms.append(v.div(1 - beta2 ** t).sqrt() + group["eps"])  # out of place: differentiable=True
     return Direction(nums, denoms, 1.0)
 
 
@@ -106,7 +106,7 @@ def prologue(group, bucket, found_inf):
 
 
 RULE = Rule("nadam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), scalar_state=(MU_PRODUCT,),
-            launches=launches, prologue=prologue)
+            launches=launches, prologue=prologue, tensor_steps=False)
 
 
 @register
@@ -125,9 +125,9 @@ class NAdam(AdamFamily):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                 decoupled_weight_decay=False, *, foreach=None, fused=None, maximize=False, line_search=None):
+                 decoupled_weight_decay=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, line_search=None):
         super().__init__(params, lr, betas, eps, weight_decay, momentum_decay=momentum_decay, foreach=foreach,
-                         fused=fused, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                         fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=decoupled_weight_decay,
                          line_search=line_search)
 
     def _check_group(self, group) -> None:

@@ -36,7 +36,7 @@ def _direction(group, ms, vs, steps, sqrt):
     coefs = [(1.0 if r is None else r * math.sqrt(1 - beta2 ** t)) / (1 - beta1 ** t) for r, t in zip(rects, steps)]
     if all(r is None for r in rects):
         return Direction(ms, None, coefs)
-    denoms = sqrt([v for v, r in zip(vs, rects)])
+    denoms = list(sqrt([v for v, r in zip(vs, rects)]))
     for i, r in enumerate(rects):
         if r is None:
             denoms[i] = torch.ones_like(ms[i])
@@ -89,7 +89,8 @@ def launches(group, bucket, group_state):
     return [adam_launch(kernel, group, bucket, (EXP_AVG, EXP_AVG_SQ))]
 
 
-RULE = Rule("radam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), launches=launches)
+RULE = Rule("radam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), launches=launches,
+            tensor_steps=False)
 
 
 @register
@@ -107,8 +108,8 @@ class RAdam(AdamFamily):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, foreach=None, fused=None, maximize=False, line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize,
+                 decoupled_weight_decay=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, line_search=None):
+        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
                          decoupled_weight_decay=decoupled_weight_decay, line_search=line_search)
 
     def _new_state(self, p, group):

@@ -27,10 +27,10 @@ def reference(group, params, grads, states, steps):
         if group["centered"]:
             ga = real_view(state[GRAD_AVG])
             ga.lerp_(g, 1 - alpha)
-            avg = v.addcmul(ga, ga, value=-1).sqrt_()
+            avg = v.addcmul(ga, ga, value=-1).sqrt()
         else:
             avg = v.sqrt()
-        avg.add_(group["eps"])
+        avg = avg + group["eps"]  # out of place: differentiable=True keeps the root for autograd
         if group["momentum"] > 0:
             buf = real_view(state[MOMENTUM_BUFFER])
             buf.mul_(group["momentum"]).addcdiv_(g, avg)
@@ -109,10 +109,10 @@ class RMSprop(ZooOptimizer):
     configs = [{}, {"momentum": 0.5, "centered": True}]
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, foreach=None, maximize=False, *, fused=None, decoupled_weight_decay=False,
+                 centered=False, foreach=None, maximize=False, capturable=False, differentiable=False, *, fused=None, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        centered=centered, foreach=foreach, fused=fused, maximize=maximize,
+                        centered=centered, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 

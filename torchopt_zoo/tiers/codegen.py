@@ -110,7 +110,7 @@ def optimizer_traffic(optimizer, arch: int = 90, grad_scale: torch.Tensor | None
     os.environ["TORCHOPT_ZOO_TRITON"] = "1"  # a Triton bucket also for CPU tensors
     try:
         group = optimizer.param_groups[0]
-        (bucket,) = optimizer._fused_group(group, *optimizer._collect(group)).buckets
+        (bucket,) = optimizer._fused_group(group, *optimizer._collect(group)[:3]).buckets
     finally:
         if saved is None:
             del os.environ["TORCHOPT_ZOO_TRITON"]
@@ -141,7 +141,7 @@ def table_traffic(optimizer, arch: int = 90) -> list[float]:
     from . import triton as _triton
 
     group = optimizer.param_groups[0]
-    params, grads, states = optimizer._collect(group)
+    params, grads, states, _ = optimizer._collect(group)
     bucket = _table.TableBucket.build(optimizer.rule, params, states)
     bucket.load(grads)
     result = []

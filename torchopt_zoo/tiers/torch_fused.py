@@ -39,6 +39,14 @@ def kernel(rule, group: dict, params: list[Tensor], grads: list[Tensor], steps: 
     return rule.torch_kernel(group)
 
 
+def check_fused_device(p: Tensor) -> None:
+    """``fused=True`` as torch.optim takes it: a parameter with a gradient must be a floating point
+    (or complex) tensor on a device with fused kernels; a RuntimeError before its state is made."""
+    if p.device.type not in _DEVICES or not (p.is_floating_point() or p.is_complex()):
+        raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                           f"supported devices: {sorted(_DEVICES)}; got {p.dtype} on {p.device}")
+
+
 def lr_for(group: dict, device: torch.device):
     """``lr`` as torch's kernels take it: a tensor on the parameters' device, else a float."""
     lr = group["lr"]
