@@ -176,11 +176,12 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             return "foreach"
         return "fused"
 
-    def _collect(self, group):
-        """Parameters with a dense gradient, their gradients and their (lazily created) states, and
-        ``(p, grad, state)`` of the parameters whose gradient is sparse (for rules with a sparse step)."""
+    def _init_group(self, group, params: list, grads: list, sparse_params: list, sparse_grads: list) -> None:
+        """Fill the lists with the parameters that have a gradient (dense or sparse) and their
+        gradients, making the state of each where it is missing. Named and shaped as torch.optim's:
+        under ``torch.compile`` dynamo runs it eagerly while tracing and guards on the state it made,
+        so the first step does not cost a recompile."""
         fused = group["fused"] is True
-        params, grads, states, sparse = [], [], [], []
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -197,13 +198,16 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                                              device=p.device if group["capturable"] else None)
                 for key, value in self._new_state(p, group).items():
                     state.setdefault(key, value)
-            if g.is_sparse:
-                sparse.append((p, g, state))
-                continue
-            params.append(p)
-            grads.append(g)
-            states.append(state)
-        return params, grads, states, sparse
+            (sparse_params if g.is_sparse else params).append(p)
+            (sparse_grads if g.is_sparse else grads).append(g)
+
+    def _collect(self, group):
+        """Parameters with a dense gradient, their gradients and their states, and ``(p, grad,
+        state)`` of the parameters whose gradient is sparse (for rules with a sparse step)."""
+        params, grads, sparse_params, sparse_grads = [], [], [], []
+        self._init_group(group, params, grads, sparse_params, sparse_grads)
+        sparse = [(p, g, self.state[p]) for p, g in zip(sparse_params, sparse_grads)]
+        return params, grads, [self.state[p] for p in params], sparse
 
     def _sparse_step(self, group, sparse) -> None:
         """The rule's step for parameters with sparse gradients (embeddings with ``sparse=True``),
@@ -334,13 +338,14 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
     def _on_device(self, group, tier) -> bool:
         """Whether the list step keeps step counts, bias corrections and ``lr`` as tensors (no host
         read): under ``torch.compile`` (no graph break, no recompile per step) and with
-        ``capturable=True`` (CUDA graphs), for rules whose multi-tensor math takes tensor steps."""
-        return (tier == "foreach" and self.rule.tensor_steps
-                and (group["capturable"] or torch.compiler.is_compiling()))
+        ``capturable=True`` (CUDA graphs). Every rule's multi-tensor math takes ``steps`` as floats
+        or as 0-dim tensors (:func:`~.direction.per_step`)."""
+        return tier == "foreach" and (group["capturable"] or torch.compiler.is_compiling())
 
     def _step_counts(self, states, tier, on_device=False) -> list:
-        """Advance every ``step`` by one; the counts as floats (one host read per device), or the
-        step tensors themselves where ``on_device``."""
+        """Advance every ``step`` by one; the counts as floats (one host read per device), or where
+        ``on_device`` as float64 0-dim tensors on the step's device: the step factors computed from
+        them (``1 - beta2 ** t``) keep the float step's precision, not float32's."""
         step_tensors = [s["step"] for s in states]
         if tier == "reference":
             for s in step_tensors:
@@ -350,7 +355,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         else:
             torch._foreach_add_(step_tensors, 1.0)
         if on_device:
-            return step_tensors
+            return [s.to(torch.float64) for s in step_tensors]
         return torch.stack([s.cpu() for s in step_tensors]).tolist()
 
     def _list_direction(self, group, tier, params, grads, states, grad_scale=None):

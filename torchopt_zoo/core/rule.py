@@ -46,8 +46,6 @@ class Rule:
 
     ``sparse(group, p, grad, state, t, lr)``: the whole step of one parameter whose gradient is
     sparse (torch's sparse Adagrad and SGD), None where the rule refuses sparse gradients.
-    ``tensor_steps``: whether ``foreach`` also takes ``steps`` as 0-dim tensors (its step-dependent
-    factors then stay tensors: no host read under ``torch.compile`` or with ``capturable=True``).
 
     ``state``: the per-parameter state keys (besides ``step``) the rule may keep, shaped like the
     parameter; ``scalar_state``: its 0-dim per-parameter keys. ``floor_bytes``: the bytes per fp32
@@ -66,7 +64,6 @@ class Rule:
     torch_kernel: Callable | None = None
     group_wide: bool = False
     sparse: Callable | None = None
-    tensor_steps: bool = True
 
 
 # Every registered optimizer class, in the order the rule modules register them. Each has the class

@@ -83,12 +83,17 @@ class AdaGradNorm(ZooOptimizer):
         check_range("b0", group["b0"], 0.0, low_open=True)
 
     def _new_state(self, p, group):
-        return {}
+        # with the group's first parameter (under torch.compile, while tracing: no recompile later)
+        return {NORM_SUM_SQ: self._initial_norm_sum_sq(group)} if p is group["params"][0] else {}
 
     def _shared_state(self, group):
         group_state = self._group_state(group)
-        if NORM_SUM_SQ not in group_state:
-            first = group["params"][0]
-            dtype = state_dtype(first.real if first.is_complex() else first)
-            group_state[NORM_SUM_SQ] = torch.tensor(float(group["b0"]) ** 2, dtype=dtype, device=first.device)
+        if NORM_SUM_SQ not in group_state:  # the first parameter had no gradient at its first step
+            group_state[NORM_SUM_SQ] = self._initial_norm_sum_sq(group)
         return group_state
+
+    @staticmethod
+    def _initial_norm_sum_sq(group):
+        first = group["params"][0]
+        dtype = state_dtype(first.real if first.is_complex() else first)
+        return torch.tensor(float(group["b0"]) ** 2, dtype=dtype, device=first.device)

@@ -37,6 +37,13 @@ def foreach(group, params, grads, states, steps):
     if mu == 0:
         return Direction(list(grads), None, 1.0)
     buf = state_tensors(states, MOMENTUM_BUFFER)
+    if isinstance(steps[0], torch.Tensor):  # on the device (compiled, capturable): no host read
+        torch._foreach_mul_(buf, mu)  # the buffer starts at zero: step 1 gives (1 - dampening) g ...
+        torch._foreach_add_(buf, grads, alpha=1 - group["dampening"])
+        if group["dampening"]:  # ... which is g itself only without dampening
+            for b, g, t in zip(buf, grads, steps):
+                b.copy_(torch.where(t == 1, g, b))
+        return Direction(torch._foreach_add(grads, buf, alpha=mu) if group["nesterov"] else buf, None, 1.0)
     fresh = [i for i, t in enumerate(steps) if t == 1]
     if fresh:
         torch._foreach_copy_([buf[i] for i in fresh], [grads[i] for i in fresh])
@@ -110,7 +117,7 @@ def sparse(group, p, g, state, t, lr):
 
 
 RULE = Rule("gd", reference, foreach, floor_bytes=12, state=(MOMENTUM_BUFFER,), launches=launches,
-            torch_kernel=torch_kernel, sparse=sparse, tensor_steps=False)
+            torch_kernel=torch_kernel, sparse=sparse)
 
 
 @register

@@ -55,7 +55,10 @@ def foreach(group, params, grads, states, steps):
     beta1, beta2 = group["betas"]
     mu_products = [s[MU_PRODUCT] for s in states]
     torch._foreach_mul_(mu_products, [_mu(beta1, group["momentum_decay"], t) for t in steps])
-    values = torch.stack([p.reshape(-1)[0] for p in mu_products]).tolist()  # one host read
+    if isinstance(steps[0], torch.Tensor):  # on the device (compiled, capturable): no host read
+        values = mu_products
+    else:
+        values = torch.stack([p.reshape(-1)[0] for p in mu_products]).tolist()  # one host read
     m, v = moments_list(grads, states, beta1, beta2, EXP_AVG_SQ)
     torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
     c_g, c_m = zip(*(_coefficients(group, t, mp) for t, mp in zip(steps, values)))
@@ -106,7 +109,7 @@ def prologue(group, bucket, found_inf):
 
 
 RULE = Rule("nadam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), scalar_state=(MU_PRODUCT,),
-            launches=launches, prologue=prologue, tensor_steps=False)
+            launches=launches, prologue=prologue)
 
 
 @register

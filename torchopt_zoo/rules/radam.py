@@ -45,6 +45,21 @@ def _direction(group, ms, vs, steps, sqrt):
     return Direction(ms, denoms, coefs)
 
 
+def _direction_on_device(group, ms, vs, steps):
+    """:func:`_direction` for tensor steps (compiled, capturable): both branches as selects, no host read."""
+    beta1, beta2 = group["betas"]
+    rho_inf = 2 / (1 - beta2) - 1
+    denoms, coefs = [], []
+    for m, v, t in zip(ms, vs, steps):
+        bc2 = 1 - beta2 ** t
+        rho_t = rho_inf - 2 * t * beta2 ** t / bc2
+        r = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).clamp(min=0).sqrt()
+        rectified = rho_t > 5.0
+        coefs.append(torch.where(rectified, r * bc2.sqrt(), 1.0) / (1 - beta1 ** t))
+        denoms.append(torch.where(rectified, v.sqrt() + group["eps"], 1.0))
+    return Direction(ms, denoms, coefs)
+
+
 def reference(group, params, grads, states, steps):
     beta1, beta2 = group["betas"]
     ms, vs = [], []
@@ -60,6 +75,8 @@ def foreach(group, params, grads, states, steps):
     beta1, beta2 = group["betas"]
     m, v = moments_list(grads, states, beta1, beta2, EXP_AVG_SQ)
     torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+    if isinstance(steps[0], torch.Tensor):
+        return _direction_on_device(group, m, v, steps)
     return _direction(group, m, v, steps, torch._foreach_sqrt)
 
 
@@ -89,8 +106,7 @@ def launches(group, bucket, group_state):
     return [adam_launch(kernel, group, bucket, (EXP_AVG, EXP_AVG_SQ))]
 
 
-RULE = Rule("radam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), launches=launches,
-            tensor_steps=False)
+RULE = Rule("radam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), launches=launches)
 
 
 @register
