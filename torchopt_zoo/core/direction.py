@@ -51,6 +51,15 @@ def per_step(steps: list, fn):
     return [cache.setdefault(t, fn(t)) for t in steps]
 
 
+def one_minus_pow(beta: float, t):
+    """``1 - beta ** t`` (a bias correction) for a float step; for a tensor step (float32, as torch
+    keeps it) ``-expm1(t log beta)``, which keeps float32's relative precision where ``1 - beta**t``
+    would cancel (early steps, beta near 1)."""
+    if isinstance(t, Tensor):
+        return -torch.expm1(t * math.log(beta))
+    return 1 - beta ** t
+
+
 def sqrt(x):
     """``sqrt`` of a float step factor, or of a 0-dim tensor one (see :func:`per_step`)."""
     return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
@@ -80,11 +89,11 @@ def apply_foreach(params: list[Tensor], d: Direction, step_size) -> None:
     be tensors (the step then reads nothing back to the host)."""
     coefs = d.coef_list()
     if isinstance(step_size, Tensor) or (coefs and isinstance(coefs[0], Tensor)):
-        scaled = torch._foreach_mul(d.nums, [c * -step_size for c in coefs])
+        scalars = [c * -step_size for c in coefs]
         if d.denoms is None:
-            torch._foreach_add_(params, scaled)
-        else:
-            torch._foreach_addcdiv_(params, scaled, d.denoms)
+            torch._foreach_add_(params, torch._foreach_mul(d.nums, scalars))
+        else:  # the factor on the denominator: inductor then fuses the step into one pass
+            torch._foreach_addcdiv_(params, d.nums, torch._foreach_div(d.denoms, scalars))
     elif isinstance(d.coefs, list):
         scalars = [-step_size * c for c in d.coefs]
         if d.denoms is None:

@@ -344,8 +344,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
 
     def _step_counts(self, states, tier, on_device=False) -> list:
         """Advance every ``step`` by one; the counts as floats (one host read per device), or where
-        ``on_device`` as float64 0-dim tensors on the step's device: the step factors computed from
-        them (``1 - beta2 ** t``) keep the float step's precision, not float32's."""
+        ``on_device`` the step tensors themselves (the rules take their bias corrections with
+        :func:`~.direction.one_minus_pow`)."""
         step_tensors = [s["step"] for s in states]
         if tier == "reference":
             for s in step_tensors:
@@ -355,7 +355,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         else:
             torch._foreach_add_(step_tensors, 1.0)
         if on_device:
-            return [s.to(torch.float64) for s in step_tensors]
+            return step_tensors
         return torch.stack([s.cpu() for s in step_tensors]).tolist()
 
     def _list_direction(self, group, tier, params, grads, states, grad_scale=None):

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .._validation import check_betas, check_choice, check_range
-from ..core.direction import Direction, per_step, real_view, sqrt, state_tensors
+from ..core.direction import Direction, one_minus_pow, per_step, real_view, sqrt, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
 from ..core.rule import Launch, Rule, register
@@ -40,11 +40,11 @@ def scaling_list(v, steps, beta1, beta2, eps, eps_mode):
     """List form of :func:`scaling`."""
     denom = torch._foreach_sqrt(v)
     if eps_mode == "torch":
-        torch._foreach_div_(denom, per_step(steps, lambda t: sqrt(1 - beta2 ** t)))
+        torch._foreach_div_(denom, per_step(steps, lambda t: sqrt(one_minus_pow(beta2, t))))
         torch._foreach_add_(denom, eps)
-        return denom, per_step(steps, lambda t: 1 / (1 - beta1 ** t))
+        return denom, per_step(steps, lambda t: 1 / one_minus_pow(beta1, t))
     torch._foreach_add_(denom, eps)
-    return denom, per_step(steps, lambda t: sqrt(1 - beta2 ** t) / (1 - beta1 ** t))
+    return denom, per_step(steps, lambda t: sqrt(one_minus_pow(beta2, t)) / one_minus_pow(beta1, t))
 
 
 def moments_list(grads, states, beta1, beta2, v_key):

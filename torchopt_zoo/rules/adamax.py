@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.direction import Direction, per_step, real_view, state_tensors
+from ..core.direction import Direction, one_minus_pow, per_step, real_view, state_tensors
 from ..core.state import zeros_state
 from ..core.rule import Launch, Rule, register
 from ..tiers import triton as T
@@ -35,7 +35,7 @@ def foreach(group, params, grads, states, steps):
     bound = torch._foreach_abs(grads)
     torch._foreach_add_(bound, group["eps"])
     torch._foreach_maximum_(u, bound)
-    return Direction(m, u, per_step(steps, lambda t: 1 / (1 - beta1 ** t)))
+    return Direction(m, u, per_step(steps, lambda t: 1 / one_minus_pow(beta1, t)))
 
 
 @jit

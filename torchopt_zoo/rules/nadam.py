@@ -11,7 +11,7 @@ import math
 import torch
 
 from .._validation import check_range
-from ..core.direction import Direction, real_view
+from ..core.direction import Direction, one_minus_pow, real_view
 from ..core.state import scalar_dtype, zeros_state
 from ..core.rule import Launch, Rule, register
 from ..tiers import triton as T
@@ -64,7 +64,7 @@ def foreach(group, params, grads, states, steps):
     c_g, c_m = zip(*(_coefficients(group, t, mp) for t, mp in zip(steps, values)))
     nums = torch._foreach_mul(grads, list(c_g))
     torch._foreach_add_(nums, torch._foreach_mul(m, list(c_m)))
-    denom = torch._foreach_div(v, [1 - beta2 ** t for t in steps])
+    denom = torch._foreach_div(v, [one_minus_pow(beta2, t) for t in steps])
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, group["eps"])
     return Direction(nums, denom, 1.0)

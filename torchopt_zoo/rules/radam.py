@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..core.direction import Direction, real_view
+from ..core.direction import Direction, one_minus_pow, real_view
 from ..core.state import zeros_state
 from ..core.rule import Rule, register
 from ..tiers import triton as T
@@ -51,11 +51,12 @@ def _direction_on_device(group, ms, vs, steps):
     rho_inf = 2 / (1 - beta2) - 1
     denoms, coefs = [], []
     for m, v, t in zip(ms, vs, steps):
-        bc2 = 1 - beta2 ** t
-        rho_t = rho_inf - 2 * t * beta2 ** t / bc2
+        t = t.double()  # rho_t is a difference of two numbers near rho_inf: float32 would lose it
+        bc2 = one_minus_pow(beta2, t)
+        rho_t = rho_inf - 2 * t * (1 - bc2) / bc2
         r = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).clamp(min=0).sqrt()
         rectified = rho_t > 5.0
-        coefs.append(torch.where(rectified, r * bc2.sqrt(), 1.0) / (1 - beta1 ** t))
+        coefs.append(torch.where(rectified, r * bc2.sqrt(), 1.0) / one_minus_pow(beta1, t))
         denoms.append(torch.where(rectified, v.sqrt() + group["eps"], 1.0))
     return Direction(ms, denoms, coefs)
 
