@@ -85,7 +85,7 @@ def test_batch_size_never_shrinks_and_is_capped(updates, initial, cap):
     (lambda: statistic("norm", torch.tensor([[1.0, 0.0], [-1.0, 0.0]])), r"mean gradient is zero \(\|g\| = 0\)"),
     (lambda: statistic("norm", torch.ones(3, 2), eta=0.0), r"Invalid eta value: 0\.0; allowed range is \(0\.0"),
     (lambda: statistic("median", torch.ones(3, 2)), "Invalid test"),
-    (lambda: AdaptiveBatchSize(initial=64, max=32), "Invalid max: 32; it must be >= initial"),
+    (lambda: AdaptiveBatchSize(initial=64, max=32), "Invalid max value: 32; it must be >= initial"),
     (lambda: AdaptiveBatchSize(initial=1), "Invalid initial"),
 ])
 def test_bad_input_is_named(make, match):

@@ -59,6 +59,8 @@ def check_betas(betas, count: int = 2, *, foreach=None, capturable: bool = False
 
 
 def check_choice(name: str, value, choices: Iterable) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (compared as plain Python values:
+    a tensor is refused by name, never compared elementwise)."""
     choices = tuple(choices)
-    if value not in choices:
+    if isinstance(value, torch.Tensor) or value not in choices:
         raise ValueError(f"Invalid {name} value: {value!r}; allowed values are {', '.join(map(repr, choices))}")

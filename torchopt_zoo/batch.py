@@ -93,7 +93,7 @@ class AdaptiveBatchSize:
         for name, value in (("initial", initial), ("max", max)):
             check_int(name, value, 2)
         if max < initial:
-            raise ValueError(f"Invalid max: {max}; it must be >= initial ({initial})")
+            raise ValueError(f"Invalid max value: {max}; it must be >= initial ({initial})")
         self.test = test
         self.constants = dict(eta=eta, theta=theta, nu=nu, coordinate_floor=coordinate_floor)
         self.max = max
@@ -101,9 +101,15 @@ class AdaptiveBatchSize:
         self.history = [initial]
 
     def update(self, grads: Tensor, samples_per_row: int = 1) -> int:
-        self.size = next_batch_size(self.test, grads, self.size, self.max, samples_per_row,
-                                    **self.constants)
-        self.history.append(self.size)
+        """Apply the test to ``grads`` (rows, d); a single row (an epoch's last batch of one
+        sample) carries no variance estimate, so the size stays. ``history`` records the initial
+        size and each size the test moved to (bounded: the batch only grows, up to ``max``)."""
+        if grads.dim() == 2 and grads.shape[0] == 1:
+            return self.size
+        size = next_batch_size(self.test, grads, self.size, self.max, samples_per_row, **self.constants)
+        if size != self.size:
+            self.history.append(size)
+        self.size = size
         return self.size
 
     def state_dict(self) -> dict:
@@ -186,25 +192,35 @@ class AdaptiveBatchSampler(torch.utils.data.Sampler):
     """A ``batch_sampler`` for ``DataLoader`` whose batches follow ``controller.size``: each epoch
     is a permutation of ``range(n)`` (seeded by ``seed + epoch``, so runs reproduce); a batch
     takes the next ``controller.size`` indices, the last batch of an epoch what is left (or is
-    dropped with ``drop_last``)."""
+    dropped with ``drop_last``). ``state_dict()`` holds the epoch and the position in it, so a
+    rebuilt sampler resumes mid-epoch (exact with ``num_workers=0``; workers prefetch batches, and
+    so advance the sampler ahead of training)."""
 
     def __init__(self, n: int, controller: AdaptiveBatchSize, seed: int = 0, drop_last: bool = False) -> None:
         self.n, self.controller, self.seed, self.drop_last = n, controller, seed, drop_last
         self.epoch = 0
+        self.position = 0  # the index in this epoch's permutation where the next batch starts
         self.samples_seen = 0
 
     def __iter__(self) -> Iterator[list[int]]:
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        start = 0
-        while start < self.n:
+        while self.position < self.n:
             size = self.controller.size
-            batch = perm[start: start + size]
-            start += size
+            batch = perm[self.position: self.position + size]
+            self.position += size
             if len(batch) < size and self.drop_last:
                 break
             self.samples_seen += len(batch)
             yield batch.tolist()
         self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "samples_seen": self.samples_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.samples_seen = int(state["samples_seen"])
 
     def __len__(self) -> int:  # with the current size; it can only fall as the batch grows
         return self.n // self.controller.size if self.drop_last else -(-self.n // self.controller.size)
@@ -217,6 +233,11 @@ class _AdaptiveBatchMixin:
     _pickled = ("line_search", "batch")
 
     def _init_batch(self, test, constants, initial_batch_size, max_batch_size):
+        check_int("initial_batch_size", initial_batch_size, 2)
+        check_int("max_batch_size", max_batch_size, 2)
+        if max_batch_size < initial_batch_size:
+            raise ValueError(f"Invalid max_batch_size value: {max_batch_size}; it must be >= "
+                             f"initial_batch_size ({initial_batch_size})")
         self.batch = AdaptiveBatchSize(test, initial=initial_batch_size, max=max_batch_size, **constants)
         self.state["batch"] = self.batch.state_dict()
 
@@ -224,6 +245,10 @@ class _AdaptiveBatchMixin:
         return AdaptiveBatchSampler(n, self.batch, seed, drop_last)
 
     def step(self, closure=None, *, per_sample_grads: Tensor | None = None, samples_per_row: int = 1):
+        if per_sample_grads is not None and (not isinstance(per_sample_grads, Tensor) or per_sample_grads.dim() != 2):
+            raise ValueError("per_sample_grads must be a (rows, d) tensor of per-sample (or per-micro-batch) "
+                             f"gradients; got {getattr(per_sample_grads, 'shape', type(per_sample_grads).__name__)}")
+        check_int("samples_per_row", samples_per_row, 1)
         loss = super().step(closure)
         if per_sample_grads is not None:
             self.batch.update(per_sample_grads, samples_per_row)

@@ -11,14 +11,16 @@ torch optimizer (zoo or not), per-group base learning rates, tensor learning rat
 
     recorder = GradNormRecorder(opt)                       # run 1: any schedule
     ...train T steps...
-    recorder.save("norms.npy")
-    sched = RefinedSchedule(opt2, grad_norms=np.load("norms.npy"))   # run 2
+    recorder.save("norms.npz")
+    norms, kind = GradNormRecorder.load("norms.npz")
+    sched = RefinedSchedule(opt2, grad_norms=norms)        # run 2
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -183,7 +185,8 @@ def refine(grad_norms, tau: float = 0.1, power: int = 2, total_steps: int | None
 
 
 class RefinedSchedule(_FactorSchedule):
-    """``lr_t = base_lr * refine(grad_norms)[t]`` (0 after the schedule's last step).
+    """``lr_t = base_lr * refine(grad_norms)[t]``; after the schedule's last step the lr stays 0
+    (the refined schedule ends there) and a ``UserWarning`` says so, once.
 
     Give the norms of a previous run as ``grad_norms`` (array) or ``recorder``
     (a :class:`GradNormRecorder`). ``power=None`` follows the norms' kind when known (recorder:
@@ -199,8 +202,16 @@ class RefinedSchedule(_FactorSchedule):
             grad_norms = recorder.norms
             power = power or (2 if recorder.norm == "l2" else 1)
         power = power or (1 if is_adam_like(optimizer) else 2)
-        self.schedule = refine(grad_norms, tau=tau, power=power, total_steps=total_steps)
+        # a tensor, so state_dict() loads with torch.load(weights_only=True)
+        self.schedule = torch.as_tensor(refine(grad_norms, tau=tau, power=power, total_steps=total_steps))
+        self.warned_past_end = False
         super().__init__(optimizer, last_epoch)
 
     def factor(self, t: int) -> float:
-        return float(self.schedule[t]) if t < len(self.schedule) else 0.0
+        if t < len(self.schedule):
+            return float(self.schedule[t])
+        if not self.warned_past_end:
+            self.warned_past_end = True
+            warnings.warn(f"RefinedSchedule: step {t} is past the schedule's {len(self.schedule)} steps; "
+                          "the lr stays 0", UserWarning, stacklevel=3)
+        return 0.0

@@ -9,6 +9,7 @@ Wibisono, Wilson & Jordan, "A Variational Perspective on Accelerated Methods in 
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from typing import Callable
@@ -83,6 +84,25 @@ class _SingleGroup(PicklesAttributes, torch.optim.Optimizer):
 
     def _set(self, values: list[Tensor]) -> None:
         torch._foreach_copy_(self._params, values)
+
+    def _guarded(self, step, closure):
+        """Run ``step(closure)``; if it raises (a closure that raises, an interrupted search), the
+        parameters go back to ``y`` and the scalar state to what it was, then the error propagates."""
+        saved = copy.deepcopy(self.state.get(self._state_key))
+        fresh = [p for p in self._params if "y" not in self.state.get(p, {})]
+        try:
+            return step(closure)
+        except BaseException:
+            ys = [self.state[p].get("y") for p in self._params]
+            if all(y is not None for y in ys):
+                self._set(ys)
+            for p in fresh:  # state made by this step goes again
+                self.state.pop(p, None)
+            if saved is None:
+                self.state.pop(self._state_key, None)
+            else:
+                self.state[self._state_key] = saved
+            raise
 
 
 class BregmanAccelerated(_SingleGroup):
@@ -191,6 +211,9 @@ class BregmanAccelerated(_SingleGroup):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        return self._guarded(self._step, closure)
+
+    def _step(self, closure):
         group = self._start(closure)
         s = self._init_state(group)
         states = [self.state[p] for p in self._params]
@@ -233,6 +256,8 @@ class BregmanAccelerated(_SingleGroup):
                 torch._foreach_add_(params, grads, alpha=-1.0 / L)
             out.update(L=L, a=a, loss=loss, grads=grads, f_new=None)
             gg = inner(grads, grads) if ls is not None else 0.0
+            if not (math.isfinite(gg) and math.isfinite(float(loss.detach()))):
+                return False, math.inf, math.nan  # a non-finite loss or gradient: no step at this L
             if gg == 0.0:  # no search, or a stationary point: y = x, nothing to verify
                 return True, 0.0, math.nan
             out["f_new"] = f_new = _trials.evaluate_forward(closure)
@@ -389,6 +414,9 @@ class HigherOrderAccelerated(_SingleGroup):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        return self._guarded(self._step, closure)
+
+    def _step(self, closure):
         group = self._start(closure)
         s = self._scalars(k=0, M=group["M"], gradient_evals=0, hvps=0, function_evals=0,
                           failures=0)
@@ -407,10 +435,18 @@ class HigherOrderAccelerated(_SingleGroup):
         s["gradient_evals"] += 1
         s["function_evals"] += 1
         g = [t.detach() for t in graph_grads]
+        if ls is not None and not (math.isfinite(float(loss.detach())) and math.isfinite(inner(g, g))):
+            self._fail([st["y"] for st in states], s, "cubic model check (non-finite loss or gradient)", 0)
+            return loss
+        graph = {"grads": graph_grads}  # the graph at x; a trial that moved the parameters spoils it
 
         def hvp(v):
+            if graph["grads"] is None:  # rebuilt at x (autograd refuses a graph whose inputs changed)
+                graph["grads"] = self._loss_and_grad(closure, create_graph=True)[1]
+                s["gradient_evals"] += 1
+                s["function_evals"] += 1
             with torch.enable_grad():
-                return [t.detach() for t in torch.autograd.grad(graph_grads, self._params, v,
+                return [t.detach() for t in torch.autograd.grad(graph["grads"], self._params, v,
                                                                  retain_graph=True)]
         M = s["M"] if ls is None or ls.reset != "restart" else group["M"]
         out = {}
@@ -421,11 +457,13 @@ class HigherOrderAccelerated(_SingleGroup):
             out.update(M=M, new_y=torch._foreach_add(xs, step))
             if ls is None:
                 return True, 0.0, math.nan
+            Hs = hvp(step)  # before the parameters move
+            s["hvps"] += 1
             self._set(out["new_y"])
             f_y = _trials.evaluate_forward(closure)
             s["function_evals"] += 1
-            Hs = hvp(step)
-            s["hvps"] += 1
+            self._set(xs)
+            graph["grads"] = None
             snorm = math.sqrt(inner(step, step))
             excess = f_y - float(loss.detach()) - inner(g, step) - 0.5 * inner(step, Hs)
             violation = excess / (M / 6 * snorm ** 3) if snorm > 0 and math.isfinite(f_y) else (

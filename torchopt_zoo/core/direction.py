@@ -33,10 +33,11 @@ class Direction:
 
 
 def inner(xs: list[Tensor], ys: list[Tensor]) -> float:
-    """``sum_i <x_i, y_i>`` accumulated in float64, with one host read."""
+    """``sum_i <x_i, y_i>`` (the real inner product: complex tensors as their real views),
+    accumulated in float64, with one host read."""
     if not xs:
         return 0.0
-    return float(torch.stack([torch.dot(x.reshape(-1).double(), y.reshape(-1).double()).cpu()
+    return float(torch.stack([torch.dot(real_view(x).reshape(-1).double(), real_view(y).reshape(-1).double()).cpu()
                               for x, y in zip(xs, ys)]).sum())
 
 

@@ -455,15 +455,24 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             lrs += [-lr] * len(ps)
             moves += d.materialise(lr)
             x0 += [p.clone() for p in ps]
+        if not params:
+            raise RuntimeError(f"{type(self).__name__} with line_search: the closure left no gradient; it "
+                               "must call backward() when gradients are enabled (torchopt_zoo.stepsize.trials)")
         slope = _direction.inner(grads, moves)
+        if not (math.isfinite(phi0) and math.isfinite(slope)):  # no step: the state as it was
+            snapshot.restore()
+            last["reason"] = "non-finite phi0" if not math.isfinite(phi0) else "non-finite gradient or direction"
+            return self._finish_search(stats, last, loss)
         if not slope < 0 and math.isfinite(phi0):
             last["fallback"] = True
             if ls.fallback == "skip":
+                snapshot.restore()
                 last.update(success=True, reason="skipped: not a descent direction")
                 return self._finish_search(stats, last, loss)
             moves = torch._foreach_mul(grads, lrs)
             slope = _direction.inner(grads, moves)
             if slope == 0:  # a stationary point: nothing to search
+                snapshot.restore()
                 last.update(success=True, reason="zero gradient")
                 return self._finish_search(stats, last, loss)
 

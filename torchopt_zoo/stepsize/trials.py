@@ -19,6 +19,8 @@ the gradient evaluation left, as if the closure ran once.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import torch
@@ -45,7 +47,17 @@ def report_failure(message: str, on_failure: str) -> None:
     """Raise :class:`LineSearchError` (``on_failure="raise"``) or warn with :class:`LineSearchWarning`."""
     if on_failure == "raise":
         raise LineSearchError(message)
-    warnings.warn(message, LineSearchWarning, stacklevel=5)
+    warnings.warn(message, LineSearchWarning, stacklevel=user_stacklevel())
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside torchopt_zoo and torch
+    (the user's ``opt.step(closure)`` line), however deep the call came from."""
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class RngState:
