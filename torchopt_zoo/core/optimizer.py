@@ -143,6 +143,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                     if (key != "step" and isinstance(value, Tensor) and value.is_floating_point()
                             and value.shape == p.shape and value.dtype != state_dtype(p)):
                         state[key] = value.to(state_dtype(p))
+                    elif key in self.rule.scalar_state and isinstance(value, Tensor) and value.dtype != scalar_dtype():
+                        state[key] = value.to(scalar_dtype())  # torch casts it to the parameter's dtype
 
     # ----------------------------------------------------------------- state
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
