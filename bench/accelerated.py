@@ -162,7 +162,7 @@ def simplex_problem(iters):
                                       f, x0, 0.0, iters)
     curves["order 2, entropic mirror (L = L1)"] = (subs, grads, 0, 0)
     for name, accelerated in (("projected GD (lr 1/L)", False), ("projected FISTA (lr 1/L)", True)):
-        x, y_prev, t, subs = x0.clone(), x0.clone(), 1.0, []
+        x, t, subs = x0.clone(), 1.0, []
         y = x0.clone()
         for _ in range(iters):
             g = quad.Q @ (y - c)

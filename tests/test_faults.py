@@ -440,3 +440,20 @@ def test_every_invalid_argument_is_refused_by_name(cls, name, default, data):
     with pytest.raises((ValueError, TypeError)) as error:
         cls([torch.zeros(2, requires_grad=True)], **{name: bad})
     assert name in str(error.value)
+
+
+def test_bregman_line_search_past_convergence_takes_steps_without_failures():
+    """Once the loss underflows to 0 the descent lemma cannot be checked: the step is taken
+    unverified instead of failing 30 trials every step (which made each step ~15x slower)."""
+    torch.manual_seed(0)
+    A = torch.randn(20, 20)
+    A = A @ A.T / 20 + torch.eye(20)
+    w = torch.randn(20, requires_grad=True)
+    opt = zoo.BregmanAccelerated([w], L=1.0, line_search=Backtracking(DescentLemma()))
+    closure = accelerated_closure(opt, [w], lambda ps: 0.5 * ps[0] @ A @ ps[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LineSearchWarning)
+        for _ in range(400):
+            opt.step(closure)
+    assert opt.stats["failures"] == 0 and float(closure()) < 1e-30
+    assert opt.stats["gradient_evals"] < 2 * 400

@@ -258,7 +258,10 @@ class BregmanAccelerated(_SingleGroup):
             gg = inner(grads, grads) if ls is not None else 0.0
             if not (math.isfinite(gg) and math.isfinite(float(loss.detach()))):
                 return False, math.inf, math.nan  # a non-finite loss or gradient: no step at this L
-            if gg == 0.0:  # no search, or a stationary point: y = x, nothing to verify
+            finfo = torch.finfo(loss.dtype)
+            if gg / (2 * L) <= max(8 * finfo.eps * abs(float(loss.detach())), finfo.tiny):
+                # no search, or a decrease (|g|^2 / 2L) below what the loss can resolve (a stationary
+                # point, a loss that underflowed to 0): nothing the criterion could verify
                 return True, 0.0, math.nan
             out["f_new"] = f_new = _trials.evaluate_forward(closure)
             s["function_evals"] += 1

@@ -76,10 +76,12 @@ class AdaBelief(AdamFamily):
     configs = [{}, {"eps_mode": "original", "weight_decay": 0.1}]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0, *,
-                 eps_mode="torch", foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
+                 eps_mode="torch", foreach=None, fused=None, maximize=False, capturable=False, differentiable=False,
+                 decoupled_weight_decay=False,
                  line_search=None):
         super().__init__(params, lr, betas, eps, weight_decay, eps_mode=eps_mode, foreach=foreach, fused=fused,
-                         maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=decoupled_weight_decay,
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         decoupled_weight_decay=decoupled_weight_decay,
                          line_search=line_search)
 
     def _new_state(self, p, group):

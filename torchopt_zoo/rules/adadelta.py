@@ -82,9 +82,11 @@ class Adadelta(ZooOptimizer):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=None, *, fused=None,
-                 maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False, line_search=None):
+                 maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
+                 line_search=None):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused,
-                        maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=decoupled_weight_decay)
+                        maximize=maximize, capturable=capturable, differentiable=differentiable,
+                        decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 
     def _check_group(self, group) -> None:

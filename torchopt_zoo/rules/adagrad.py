@@ -97,11 +97,13 @@ class Adagrad(ZooOptimizer):
     configs = [{}, {"lr_decay": 0.01, "initial_accumulator_value": 0.1}]
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, foreach=None, *, fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
+                 eps=1e-10, foreach=None, *, fused=None, maximize=False, capturable=False, differentiable=False,
+                 decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
-                        foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
+                        foreach=foreach, fused=fused, maximize=maximize, capturable=capturable,
+                        differentiable=differentiable,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 

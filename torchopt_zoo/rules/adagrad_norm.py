@@ -72,10 +72,12 @@ class AdaGradNorm(ZooOptimizer):
     twin = None
     configs = [{}, {"weight_decay": 0.1, "b0": 1.0}]
 
-    def __init__(self, params, lr=1.0, b0=1e-2, weight_decay=0.0, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False,
+    def __init__(self, params, lr=1.0, b0=1e-2, weight_decay=0.0, *, foreach=None, fused=None, maximize=False,
+                 capturable=False, differentiable=False,
                  decoupled_weight_decay=False, line_search=None):
         defaults = dict(lr=lr, b0=b0, weight_decay=weight_decay, foreach=foreach, fused=fused,
-                        maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=decoupled_weight_decay)
+                        maximize=maximize, capturable=capturable, differentiable=differentiable,
+                        decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 
     def _check_group(self, group) -> None:

@@ -187,10 +187,12 @@ class Adam(AdamFamily):
                {"maximize": True, "decoupled_weight_decay": True, "weight_decay": 0.1}]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
+                 amsgrad=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False,
+                 decoupled_weight_decay=False,
                  line_search=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, foreach=foreach, fused=fused,
-                         maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=decoupled_weight_decay,
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         decoupled_weight_decay=decoupled_weight_decay,
                          line_search=line_search)
 
     def _check_group(self, group) -> None:
@@ -217,6 +219,8 @@ class AdamW(Adam):
     configs = [{}]
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, line_search=None):
+                 amsgrad=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False,
+                 line_search=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, fused=fused,
-                         maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=True, line_search=line_search)
+                         maximize=maximize, capturable=capturable, differentiable=differentiable,
+                         decoupled_weight_decay=True, line_search=line_search)

@@ -75,8 +75,10 @@ class Adamax(AdamFamily):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=None, *,
-                 fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False, line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
+                 fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
+                 line_search=None):
+        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize,
+              capturable=capturable, differentiable=differentiable,
                          decoupled_weight_decay=decoupled_weight_decay, line_search=line_search)
 
     def _new_state(self, p, group):

@@ -134,10 +134,12 @@ class GD(ZooOptimizer):
     configs = [{}, {"momentum": 0.9, "nesterov": True}, {"momentum": 0.5, "dampening": 0.1}]
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, decoupled_weight_decay=False,
+                 nesterov=False, *, foreach=None, fused=None, maximize=False, capturable=False,
+                 differentiable=False, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
+                        nesterov=nesterov, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable,
+                        differentiable=differentiable,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 

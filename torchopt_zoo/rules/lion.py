@@ -79,7 +79,8 @@ class Lion(ZooOptimizer):
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, foreach=None, fused=None,
                  maximize=False, capturable=False, differentiable=False, line_search=None):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, weight_decay=weight_decay,
-                        foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable, decoupled_weight_decay=True)
+                        foreach=foreach, fused=fused, maximize=maximize, capturable=capturable,
+                        differentiable=differentiable, decoupled_weight_decay=True)
         super().__init__(params, defaults, line_search)
 
     def _check_group(self, group) -> None:

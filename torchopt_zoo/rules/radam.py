@@ -125,8 +125,10 @@ class RAdam(AdamFamily):
     diagonal_adaptive = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, foreach=None, fused=None, maximize=False, capturable=False, differentiable=False, line_search=None):
-        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
+                 decoupled_weight_decay=False, *, foreach=None, fused=None, maximize=False, capturable=False,
+                 differentiable=False, line_search=None):
+        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused, maximize=maximize,
+              capturable=capturable, differentiable=differentiable,
                          decoupled_weight_decay=decoupled_weight_decay, line_search=line_search)
 
     def _new_state(self, p, group):

@@ -109,10 +109,12 @@ class RMSprop(ZooOptimizer):
     configs = [{}, {"momentum": 0.5, "centered": True}]
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, foreach=None, maximize=False, capturable=False, differentiable=False, *, fused=None, decoupled_weight_decay=False,
+                 centered=False, foreach=None, maximize=False, capturable=False, differentiable=False, *,
+                 fused=None, decoupled_weight_decay=False,
                  line_search=None):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        centered=centered, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable, differentiable=differentiable,
+                        centered=centered, foreach=foreach, fused=fused, maximize=maximize, capturable=capturable,
+                        differentiable=differentiable,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, line_search)
 
