@@ -457,3 +457,18 @@ def test_bregman_line_search_past_convergence_takes_steps_without_failures():
             opt.step(closure)
     assert opt.stats["failures"] == 0 and float(closure()) < 1e-30
     assert opt.stats["gradient_evals"] < 2 * 400
+
+
+@pytest.mark.parametrize("cls", [zoo.Adagrad, zoo.GD], ids=lambda c: c.__name__)
+def test_sparse_gradients_under_amp_scaling(cls):
+    """GradScaler hands the step ``grad_scale``/``found_inf`` instead of unscaling ``p.grad``: a
+    sparse gradient is divided by the scale, and the step skipped where ``found_inf`` is set."""
+    runs = []
+    for scale, found in ((1.0, 0.0), (8.0, 0.0), (8.0, 1.0)):
+        p = torch.nn.Parameter(torch.ones(4, 2))
+        opt = cls([p], lr=0.1)
+        p.grad = torch.sparse_coo_tensor([[0, 2]], torch.tensor([[1.0, 2.0], [3.0, 4.0]]) * scale, (4, 2))
+        opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(found)
+        opt.step()
+        runs.append(p.detach().clone())
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[2], torch.ones(4, 2))

@@ -211,13 +211,18 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         sparse = [(p, g, self.state[p]) for p, g in zip(sparse_params, sparse_grads)]
         return params, grads, [self.state[p] for p in params], sparse
 
-    def _sparse_step(self, group, sparse) -> None:
+    def _sparse_step(self, group, sparse, grad_scale, found_inf) -> None:
         """The rule's step for parameters with sparse gradients (embeddings with ``sparse=True``),
-        one tensor at a time, as torch.optim does."""
+        one tensor at a time, as torch.optim does (AMP: skipped where ``found_inf`` is set, the
+        gradient divided by ``grad_scale``)."""
         if group["weight_decay"]:
             raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        if found_inf is not None and bool(found_inf.item()):
+            return
         lr = as_float("lr", group["lr"])
         for p, g, state in sparse:
+            if grad_scale is not None:
+                g = g / grad_scale.to(g.device)
             state["step"] += 1
             self.rule.sparse(group, p, -g if group["maximize"] else g, state, float(state["step"]), lr)
 
@@ -544,7 +549,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 continue
             params, grads, states, sparse = self._collect(group)
             if sparse:
-                self._sparse_step(group, sparse)
+                self._sparse_step(group, sparse, grad_scale, found_inf)
             if not params:
                 continue
             if tier == "flat":
