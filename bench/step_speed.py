@@ -266,8 +266,8 @@ def cli_main():
     a = cli(__doc__, "workloads 64x smaller, for smoke runs",
             device=dict(choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"),
             repeats=dict(type=int, default=30))
-    # first, in a fresh process: after the tables' many large allocations the compiled zoo step,
-    # which allocates per step where torch's does not, times up to 1.45x in one run (1.07-1.11x here)
+    # first, in a fresh process: run after the timed tables, the compiled zoo step timed 1.45x
+    # torch's in one full run against 1.07-1.11x in fresh processes (cause not found)
     compiled = compiled_step(a.device, a.quick, a.repeats)
     default, flat = main(a.device, a.repeats, a.quick)
     claims = []
