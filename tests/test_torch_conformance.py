@@ -537,7 +537,8 @@ def test_save_load_equality_with_weights_only(info, is_named):
             assert_same(torch.load(f, weights_only=True), state_dict)
 
 
-def test_load_nontensor_step(info):
+def stepped_optimizers(info):
+    """Each of torch's option sets (but ``differentiable``) on two parameters, after 3 steps."""
     params = [Parameter(torch.randn(2, 3)) for _ in range(2)]
     for p in params:
         p.grad = torch.rand_like(p)
@@ -545,6 +546,11 @@ def test_load_nontensor_step(info):
         optimizer = info.optim_cls(params, **inp.kwargs)
         for _ in range(3):
             optimizer.step()
+        yield optimizer
+
+
+def test_load_nontensor_step(info):
+    for optimizer in stepped_optimizers(info):
         state_dict = copy.deepcopy(optimizer.state_dict())
         for state in state_dict["state"].values():
             if torch.is_tensor(state.get("step")):
@@ -622,13 +628,7 @@ def test_step_hooks(info):
 
 
 def test_deepcopy_copies_all_public_attrs(info):
-    params = [Parameter(torch.randn(2, 3)) for _ in range(2)]
-    for p in params:
-        p.grad = torch.rand_like(p)
-    for inp in _all_inputs(DEVICE, torch.float32, info, skip=("differentiable",)):
-        optimizer = info.optim_cls(params, **inp.kwargs)
-        for _ in range(3):
-            optimizer.step()
+    for optimizer in stepped_optimizers(info):
         public = {k for k in optimizer.__dict__ if not k.startswith("_")}
         assert public == {k for k in copy.deepcopy(optimizer).__dict__ if not k.startswith("_")}
 
