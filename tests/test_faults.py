@@ -26,9 +26,6 @@ from torchopt_zoo.schedules import LinearDecay, RefinedSchedule
 from torchopt_zoo.stepsize import Backtracking, DescentLemma
 from torchopt_zoo.stepsize.trials import LineSearchWarning
 
-DEFAULTS = [cls for cls in zoo.OPTIMIZERS]
-
-
 def snapshot(opt):
     """Parameters and the per-parameter state, copied (not the counters a failed step adds to)."""
     params = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
@@ -89,7 +86,7 @@ def test_plain_step_with_a_non_finite_gradient_matches_the_reference(config, tie
     assert_same(runs[0], runs[1], close=True)
 
 
-@pytest.mark.parametrize("cls", [c for c in DEFAULTS if c.twin is not None], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [c for c in zoo.OPTIMIZERS if c.twin is not None], ids=lambda c: c.__name__)
 def test_plain_step_with_a_nan_gradient_matches_torch(cls):
     runs = []
     for make in (cls, cls.twin):
@@ -151,7 +148,7 @@ def searched_closure(opt, A, params, fault):
 
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("fallback", ["gradient", "skip"])
-@pytest.mark.parametrize("cls", DEFAULTS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", zoo.OPTIMIZERS, ids=lambda c: c.__name__)
 def test_searched_step_fault_restores_or_steps_finitely_then_progresses(cls, fallback, fault):
     A, params = quadratic_problem()
     opt = cls(params, lr=0.1, weight_decay=0.0, line_search=Backtracking(fallback=fallback, on_failure="warn"))
@@ -322,7 +319,7 @@ def test_every_optimizer_state_dict_loads_weights_only_and_resumes_bitwise(confi
     resume_case(lambda ps: cls(ps, lr=1e-2, **kw), plain_closure)
 
 
-@pytest.mark.parametrize("cls", DEFAULTS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", zoo.OPTIMIZERS, ids=lambda c: c.__name__)
 def test_searched_state_dict_loads_weights_only_and_resumes_bitwise(cls):
     resume_case(lambda ps: cls(ps, lr=0.1, weight_decay=0.0, line_search=Backtracking()),
                 lambda opt, A, ps: searched_closure(opt, A, ps, None))

@@ -88,9 +88,9 @@ def apply_reference(params: list[Tensor], d: Direction, step_size: float) -> Non
 def apply_foreach(params: list[Tensor], d: Direction, step_size) -> None:
     """``p += step_size * d`` with one multi-tensor kernel; the step size and the coefficients may
     be tensors (the step then reads nothing back to the host)."""
-    coefs = d.coef_list()
-    if isinstance(step_size, Tensor) or (coefs and isinstance(coefs[0], Tensor)):
-        scalars = [c * -step_size for c in coefs]
+    on_device = isinstance(d.coefs, list) and bool(d.coefs) and isinstance(d.coefs[0], Tensor)
+    if on_device or isinstance(step_size, Tensor):
+        scalars = [c * -step_size for c in d.coef_list()]
         if d.denoms is None:
             torch._foreach_add_(params, torch._foreach_mul(d.nums, scalars))
         else:  # the factor on the denominator: inductor then fuses the step into one pass
