@@ -32,10 +32,11 @@ def backward(model, x, frozen_until=0, step=0):
 
 
 def test_on_device_step_matches_the_float_step(config):
-    """``capturable=True`` (eager, CPU) takes the tensor-step path; it agrees with the float step
-    (the step factors are computed in float64 from the float32 ``step``), with step counts that
-    differ between parameters. Not bitwise: NAdam's float32 ``mu_product`` takes its factor in
-    float64 there, rounded once (one float32 ulp apart at most)."""
+    """``capturable=True`` (eager, CPU) takes the tensor-step path; it agrees with the float step,
+    with step counts that differ between parameters. Not bitwise: there the bias corrections are
+    ``1 - beta ** step`` in float32, from the float32 ``step``, as in torch's capturable step
+    (``1 - 0.999**1`` is 1.3e-5 off in float32, so the early steps differ by that much; an
+    off-by-one step would differ by 1/step)."""
     cls, kw = config
     x = torch.randn(16, 6, dtype=torch.float64)
     runs = []
@@ -47,7 +48,7 @@ def test_on_device_step_matches_the_float_step(config):
             opt.step()
         runs.append(list(model.parameters()))
     for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # 12 steps move them about 1e-2
 
 
 def compiled_counts(fn, steps):

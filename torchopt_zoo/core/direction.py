@@ -53,12 +53,11 @@ def per_step(steps: list, fn):
 
 
 def one_minus_pow(beta: float, t):
-    """``1 - beta ** t`` (a bias correction) for a float step; for a tensor step (float32, as torch
-    keeps it) ``-expm1(t log beta)``, which keeps float32's relative precision where ``1 - beta**t``
-    would cancel (early steps, beta near 1)."""
-    if isinstance(t, Tensor):
-        return -torch.expm1(t * math.log(beta))
-    return 1 - beta ** t
+    """``1 - beta ** t`` (a bias correction), for a float step or a 0-dim tensor one (computed in
+    the step's dtype, as torch's capturable and compiled steps do; under ``torch.compile`` this
+    scalar is recomputed next to every vector of the fused loop, where ``pow`` is cheap and
+    ``expm1`` is not)."""
+    return 1 - torch.pow(beta, t) if isinstance(t, Tensor) else 1 - beta ** t
 
 
 def sqrt(x):
@@ -93,8 +92,8 @@ def apply_foreach(params: list[Tensor], d: Direction, step_size) -> None:
         scalars = [c * -step_size for c in d.coef_list()]
         if d.denoms is None:
             torch._foreach_add_(params, torch._foreach_mul(d.nums, scalars))
-        else:  # the factor on the denominator: inductor then fuses the step into one pass
-            torch._foreach_addcdiv_(params, d.nums, torch._foreach_div(d.denoms, scalars))
+        else:  # the factor on the denominator (times its reciprocal: one division per element)
+            torch._foreach_addcdiv_(params, d.nums, torch._foreach_mul(d.denoms, torch._foreach_reciprocal(scalars)))
     elif isinstance(d.coefs, list):
         scalars = [-step_size * c for c in d.coefs]
         if d.denoms is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from .._validation import check_betas, check_choice, check_range
 from ..core.direction import Direction, one_minus_pow, per_step, real_view, sqrt, state_tensors
@@ -40,7 +41,10 @@ def scaling_list(v, steps, beta1, beta2, eps, eps_mode):
     """List form of :func:`scaling`."""
     denom = torch._foreach_sqrt(v)
     if eps_mode == "torch":
-        torch._foreach_div_(denom, per_step(steps, lambda t: sqrt(one_minus_pow(beta2, t))))
+        if isinstance(steps[0], Tensor):  # on the device: times the reciprocal, one division fewer per element
+            torch._foreach_mul_(denom, [one_minus_pow(beta2, t).rsqrt() for t in steps])
+        else:
+            torch._foreach_div_(denom, per_step(steps, lambda t: sqrt(one_minus_pow(beta2, t))))
         torch._foreach_add_(denom, eps)
         return denom, per_step(steps, lambda t: 1 / one_minus_pow(beta1, t))
     torch._foreach_add_(denom, eps)
