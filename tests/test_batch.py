@@ -138,7 +138,8 @@ def test_adadagrad_grows_its_batch_and_round_trips_state():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(64, 4, generator=gen, dtype=torch.float64)
     y = (x[:, 0] > 0).long()
-    opt = zoo.AdAdaGrad(model.parameters(), lr=0.1, eta=0.5, initial_batch_size=4, max_batch_size=64)
+    opt = zoo.AdAdaGrad(model.parameters(), lr=0.1, test="coordinate", eta=0.5, initial_batch_size=4,
+                        max_batch_size=64)
     data = torch.utils.data.TensorDataset(x, y)
     loader = torch.utils.data.DataLoader(data, batch_sampler=opt.sampler(len(data), seed=0))
     for _ in range(3):
@@ -153,7 +154,7 @@ def test_adadagrad_grows_its_batch_and_round_trips_state():
     assert other.batch.size == opt.batch.size and other.batch.history == opt.batch.history
     assert copy.deepcopy(opt).batch.size == opt.batch.size
     norm = zoo.AdAdaGradNorm(small_net().parameters(), initial_batch_size=8, max_batch_size=16)
-    assert norm.batch.test == "norm" and opt.batch.test == "coordinate"
+    assert norm.batch.test == "norm" and zoo.AdAdaGrad(small_net().parameters()).batch.test == "inner_product"
 
 
 def test_moments_combine_across_two_gloo_processes(tmp_path):

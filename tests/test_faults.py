@@ -21,8 +21,9 @@ from hypothesis import given, strategies as st
 
 import torchopt_zoo as zoo
 from torchopt_zoo.batch import AdaptiveBatchSampler, AdaptiveBatchSize, per_sample_gradients
-from torchopt_zoo.compression import EF21, TopK
-from torchopt_zoo.schedules import LinearDecay, RefinedSchedule
+from torchopt_zoo.compression import (EF14, EF21, EF21SGDM, CompressedGD, EControl, EFHookState, Identity, RandK,
+                                     TopK)
+from torchopt_zoo.schedules import GradNormRecorder, LinearDecay, RefinedSchedule
 from torchopt_zoo.stepsize import Backtracking, DescentLemma
 from torchopt_zoo.stepsize.trials import LineSearchWarning
 
@@ -427,15 +428,66 @@ def constructor_arguments(cls):
     return out
 
 
-CASES = [(cls, name, default) for cls in zoo.OPTIMIZERS for name, default in constructor_arguments(cls)]
+def a_param():
+    return [torch.zeros(2, requires_grad=True)]
 
 
-@pytest.mark.parametrize("cls,name,default", CASES, ids=[f"{c.__name__}-{n}" for c, n, _ in CASES])
+def an_optimizer():
+    return zoo.GD(a_param(), lr=0.1)
+
+
+# every other public constructor: valid values of its required arguments; each of its number and
+# flag arguments (these and those with a default) is then made invalid in turn
+PUBLIC = {
+    zoo.BregmanAccelerated: lambda: {"params": a_param()},
+    zoo.HigherOrderAccelerated: lambda: {"params": a_param()},
+    zoo.AdAdaGrad: lambda: {"params": a_param()},
+    zoo.AdAdaGradNorm: lambda: {"params": a_param()},
+    AdaptiveBatchSize: dict,
+    AdaptiveBatchSampler: lambda: {"n": 10, "controller": AdaptiveBatchSize()},
+    LinearDecay: lambda: {"optimizer": an_optimizer(), "total_steps": 10},
+    RefinedSchedule: lambda: {"optimizer": an_optimizer(), "grad_norms": [1.0] * 10},
+    GradNormRecorder: lambda: {"optimizer": an_optimizer()},
+    zoo.Armijo: dict,
+    Backtracking: dict,
+    TopK: lambda: {"k": 1},
+    RandK: lambda: {"k": 1},
+    Identity: dict,
+    EFHookState: lambda: {"compressor": TopK(k=1)},
+    **{cls: (lambda: {"params": a_param(), "n_workers": 2, "compressor": TopK(k=1), "lr": 0.1})
+       for cls in (CompressedGD, EF14, EF21, EF21SGDM, EControl)},
+}
+
+
+def public_arguments(cls, base):
+    """``(name, example)`` of the number and flag arguments of a public constructor."""
+    out = []
+    for name, param in inspect.signature(cls).parameters.items():
+        value = base.get(name, param.default)
+        if name in ("params", "foreach", "fused") or value is None:
+            continue
+        if isinstance(value, bool) or isinstance(value, (int, float)):
+            out.append((name, value))
+    return out
+
+
+CASES = [(cls, dict, name, default) for cls in zoo.OPTIMIZERS for name, default in constructor_arguments(cls)]
+CASES += [(cls, base, name, value) for cls, base in PUBLIC.items() for name, value in public_arguments(cls, base())]
+
+
+@pytest.mark.parametrize("cls,base,name,default", CASES, ids=[f"{c.__name__}-{n}" for c, _, n, _ in CASES])
 @given(data=st.data())
-def test_every_invalid_argument_is_refused_by_name(cls, name, default, data):
+def test_every_invalid_argument_is_refused_by_name(cls, base, name, default, data):
+    """Every optimizer's, schedule's, compressor's, line search's and batch controller's number and
+    flag arguments: a wrong type or an out-of-domain value raises a ValueError or TypeError that
+    names the argument."""
     bad = data.draw(FLAG_BAD if isinstance(default, bool) else NUMBER_BAD)
+    kwargs = base()
+    if cls in zoo.OPTIMIZERS:
+        kwargs["params"] = a_param()
+    kwargs[name] = bad
     with pytest.raises((ValueError, TypeError)) as error:
-        cls([torch.zeros(2, requires_grad=True)], **{name: bad})
+        cls(**kwargs)
     assert name in str(error.value)
 
 

@@ -42,6 +42,12 @@ def check_int(name: str, value, low: int, why: str = "") -> None:
         raise ValueError(f"Invalid {name} value: {value!r}; allowed range is integers >= {low}{why}")
 
 
+def check_flag(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``True`` or ``False`` (a bool, not 0/1 or a tensor)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name} value: {value!r}; allowed values are True, False")
+
+
 def check_betas(betas, count: int = 2, *, foreach=None, capturable: bool = False) -> None:
     """``count`` numbers in [0, 1), all floats or all one-element tensors (as torch.optim); tensors
     only where the step can keep them on the device (not with ``foreach=True`` unless ``capturable``)."""

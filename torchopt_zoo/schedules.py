@@ -76,6 +76,7 @@ class LinearDecay(_FactorSchedule):
         check_range("final_lr_ratio", final_lr_ratio, 0.0, 1.0, high_open=False)
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.final_lr_ratio = float(final_lr_ratio)
+        check_int("last_epoch", last_epoch, -1)
         super().__init__(optimizer, last_epoch)
 
     def factor(self, t: int) -> float:
@@ -205,6 +206,7 @@ class RefinedSchedule(_FactorSchedule):
         # a tensor, so state_dict() loads with torch.load(weights_only=True)
         self.schedule = torch.as_tensor(refine(grad_norms, tau=tau, power=power, total_steps=total_steps))
         self.warned_past_end = False
+        check_int("last_epoch", last_epoch, -1)
         super().__init__(optimizer, last_epoch)
 
     def factor(self, t: int) -> float:

@@ -334,7 +334,7 @@ class HigherOrderAccelerated(_SingleGroup):
     def __init__(self, params, order: int = 3, M: float = 1.0, C: float = 1.0 / 18, *,
                  line_search: Backtracking | None = None, cg_iters: int = 50,
                  cg_tol: float = 1e-10, bisection_iters: int = 40) -> None:
-        if order != 3 or isinstance(order, bool):
+        if isinstance(order, (bool, torch.Tensor)) or order != 3:
             raise ValueError(f"Invalid order: {order!r}; HigherOrderAccelerated implements order 3 "
                              "(use BregmanAccelerated for first-order methods of any order)")
         check_range("M", M, 0.0, low_open=True)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import check_range
+from .._validation import check_choice, check_flag, check_int, check_range
 
 
 class Compressor:
@@ -22,8 +22,7 @@ class Compressor:
     contractive = True
 
     def __init__(self, value_bits: int = 32) -> None:
-        if value_bits not in (16, 32, 64):
-            raise ValueError(f"Invalid value_bits: {value_bits!r}; allowed values are 16, 32, 64")
+        check_choice("value_bits", value_bits, (16, 32, 64))
         self.value_bits = value_bits
 
     def compress(self, x: Tensor) -> Tensor:
@@ -110,7 +109,9 @@ class RandK(_Sparsifier):
     def __init__(self, k: int | None = None, ratio: float | None = None, *, scaled: bool = False,
                  seed: int = 0, value_bits: int = 32) -> None:
         super().__init__(k, ratio, value_bits)
-        self.scaled = bool(scaled)
+        check_flag("scaled", scaled)
+        check_int("seed", seed, 0)
+        self.scaled = scaled
         self.contractive = not self.scaled
         self.seed, self.calls = int(seed), 0  # (seed, calls) fixes every draw; both pickle
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._pickling import PicklesAttributes
-from .._validation import check_choice, check_int, check_range
+from .._validation import check_choice, check_flag, check_int, check_range
 from .compressors import Compressor, require_contractive
 
 
@@ -48,6 +48,7 @@ class _Simulated(PicklesAttributes, torch.optim.Optimizer):
                  contractive: bool = True) -> None:
         check_int("n_workers", n_workers, 1)
         check_range("lr", lr, 0.0)
+        check_flag("contractive", contractive)
         if contractive:
             require_contractive(compressor, type(self).__name__)
         self.n_workers, self.compressor = n_workers, compressor
