@@ -274,10 +274,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         address tables where Triton runs (CUDA; :mod:`torchopt_zoo.tiers.table`), torch's fused
         kernel where torch has one (CPU; :mod:`torchopt_zoo.tiers.torch_fused`). Returns the
         parameters, gradients and states left for the multi-tensor tier."""
-        bucket = self._group_tables.get(id(group))  # the usual case: one device and dtype, as last step
-        if bucket is not None and bucket.matches(params, states) and bucket.load(grads):
-            self._launch(group, bucket, grad_scale, found_inf)
-            return [], [], []
+        # the group's tables hold device step counters that this step may leave behind (a frozen
+        # tensor steps no more): the steady state is taken again only by tables built from now on
+        self._group_tables.pop(id(group), None)
         parts = _fused.partition(params, list(zip(grads, states)))
         if self.rule.group_wide and len(parts) > 1:  # its state spans the group: one kernel or none
             return params, grads, states
@@ -293,6 +292,16 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             else:
                 _torch_fused.step(run, group, ps, gs, ss, grad_scale, found_inf)
         return rest
+
+    def _table_fast(self, group, grad_scale, found_inf) -> bool:
+        """The default tier's steady state on CUDA, before any per-parameter Python work: the
+        group's address tables still hold its parameters, state and (new) gradients
+        (:meth:`~torchopt_zoo.tiers.table.TableBucket.holds`); one launch. False where not taken."""
+        bucket = self._group_tables.get(id(group))
+        if bucket is None or torch.compiler.is_compiling() or bucket.holds(group["params"], self.state) is None:
+            return False
+        self._launch(group, bucket, grad_scale, found_inf)
+        return True
 
     def _table_step(self, group, params, grads, states, grad_scale, found_inf) -> bool:
         """One launch of the rule's Triton kernel over address tables, where Triton runs for the
@@ -546,6 +555,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         for group in self.param_groups:
             tier = self._tier(group)
             if tier == "flat" and self._fused_fast(group, grad_scale, found_inf):
+                continue
+            if tier == "fused" and self._table_fast(group, grad_scale, found_inf):
                 continue
             params, grads, states, sparse = self._collect(group)
             if sparse:

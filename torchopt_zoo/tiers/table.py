@@ -18,6 +18,9 @@ agree, and uploads the tables without blocking the host where the device is CUDA
 
 from __future__ import annotations
 
+import operator
+from itertools import chain
+
 import torch
 from torch import Tensor
 
@@ -59,6 +62,12 @@ class TableBucket:
         self.flats = {k: _upload([s[k].data_ptr() for s in states], self.device) for k in keys}
         self.addresses = self._addresses(params, states)
         self.grad, self._grad_addresses = None, None
+        # what the steady-state check compares: the parameters' addresses, the state dicts and the
+        # state tensors in them (the optimizer's own objects) by identity
+        self._param_addresses = self.addresses[:len(params)]
+        self._dicts = list(states)
+        self._get_state = operator.itemgetter(*keys, *self.scalar_keys)
+        self._state_tensors = list(chain.from_iterable(map(self._tuple_of_state, states)))
 
     @classmethod
     def build(cls, rule, params: list[Tensor], states: list[dict]) -> TableBucket | None:
@@ -80,6 +89,30 @@ class TableBucket:
     def _addresses(self, params, states) -> list[int]:
         keys = (*self.keys, *self.scalar_keys)
         return [p.data_ptr() for p in params] + [s[k].data_ptr() for s in states for k in keys]
+
+    def _tuple_of_state(self, state: dict) -> tuple:
+        got = self._get_state(state)
+        return got if isinstance(got, tuple) else (got,)
+
+    def holds(self, params: list[Tensor], state_of: dict) -> list[Tensor] | None:
+        """The steady-state check, before any per-parameter Python work: every one of ``params``
+        (a whole param group, as when the bucket was built) still has the address the tables hold
+        and a gradient the tables can take (loaded, see :meth:`load`), and ``state_of`` (the
+        optimizer's state) still maps each to the same state dict holding the same tensors.
+        Returns the gradients, or None where the slow path must look (a rebound parameter, a
+        missing or sparse gradient, replaced or reloaded state)."""
+        if len(params) != len(self._param_addresses):
+            return None
+        grads = [p.grad for p in params]
+        try:
+            same = ([p.data_ptr() for p in params] == self._param_addresses
+                    and all(map(operator.is_, map(state_of.get, params), self._dicts))
+                    and all(map(operator.is_, chain.from_iterable(map(self._tuple_of_state, self._dicts)),
+                                self._state_tensors))
+                    and self.load(grads))
+        except (AttributeError, KeyError, RuntimeError):  # no gradient, a sparse one, a state key gone
+            return None
+        return grads if same else None
 
     def matches(self, params: list[Tensor], states: list[dict]) -> bool:
         """Whether the tables still hold these parameters' and states' addresses (O(n) host work;
