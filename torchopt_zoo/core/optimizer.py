@@ -44,6 +44,7 @@ from ..tiers import flat as _fused
 from ..tiers import table as _table
 from ..tiers import torch_fused as _torch_fused
 from . import direction as _direction
+from . import sharding as _sharding
 from .rule import Rule
 from .state import LOW_PRECISION, scalar_dtype, state_dtype
 
@@ -346,9 +347,12 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         for bucket in fused.buckets:
             bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf, prepare, direction)
 
-    def _direction(self, rule_fn, group, params, grads, states, steps) -> _direction.Direction:
+    def _direction(self, rule_fn, group, params, grads, states, steps, sharded=None) -> _direction.Direction:
         if self.rule.group_wide:
-            return rule_fn(group, params, grads, states, steps, self._shared_state(group))
+            shared = self._shared_state(group)
+            if sharded is not None:  # the rule sums its statistic over the shards
+                shared = {**shared, _sharding.SUM_OVER_SHARDS: _sharding.sum_over_shards(sharded)}
+            return rule_fn(group, params, grads, states, steps, shared)
         return rule_fn(group, params, grads, states, steps)
 
     def _on_device(self, group, tier) -> bool:
@@ -374,9 +378,10 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             return step_tensors
         return torch.stack([s.cpu() for s in step_tensors]).tolist()
 
-    def _list_direction(self, group, tier, params, grads, states, grad_scale=None):
+    def _list_direction(self, group, tier, params, grads, states, grad_scale=None, sharded=None):
         """Count the step, prepare the gradients and run the group's rule over tensor lists; returns
-        the real parameters, their prepared gradients, the direction and the step size to apply."""
+        the real parameters, their prepared gradients, the direction and the step size to apply.
+        ``sharded``: a DTensor of the group, whose local shards the lists hold."""
         on_device = self._on_device(group, tier)
         steps = self._step_counts(states, tier, on_device)
         if any(p.is_complex() for p in params):
@@ -385,7 +390,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         lr = group["lr"] if on_device else as_float("lr", group["lr"])
         params, grads = self._prepare(group, params, grads, tier, lr, grad_scale)
         rule_fn = self.rule.reference if tier == "reference" else self.rule.foreach
-        return params, grads, self._direction(rule_fn, group, params, grads, states, steps), lr
+        return params, grads, self._direction(rule_fn, group, params, grads, states, steps, sharded), lr
 
     # ----------------------------------------------------------------- gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -563,6 +568,11 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 self._sparse_step(group, sparse, grad_scale, found_inf)
             if not params:
                 continue
+            sharded = _sharding.first_dtensor(params)
+            if sharded is not None:  # FSDP2: the step on the local shards
+                params, grads, states = _sharding.local(params), _sharding.local(grads), _sharding.local_states(states)
+                if tier == "flat" or (self.rule.group_wide and tier != "reference"):
+                    tier = "foreach"  # one buffer cannot hold shards; a group-wide sum needs its all-reduce
             if tier == "flat":
                 fused = self._fused_group(group, params, grads, states)
                 if fused is not None:
@@ -577,6 +587,6 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 skip = found_inf is not None and bool(found_inf.item())
             if skip:
                 continue
-            params, _, d, lr = self._list_direction(group, tier, params, grads, states, grad_scale)
+            params, _, d, lr = self._list_direction(group, tier, params, grads, states, grad_scale, sharded)
             TIERS["reference" if tier == "reference" else "foreach"](params, d, lr)
         return loss

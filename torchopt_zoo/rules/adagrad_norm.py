@@ -9,6 +9,7 @@ from .._validation import check_range
 from ..core.direction import Direction
 from ..core.optimizer import ZooOptimizer
 from ..core.rule import Launch, Rule, register
+from ..core.sharding import SUM_OVER_SHARDS
 from ..tiers import triton as T
 from ..core.state import state_dtype
 from ..tiers.triton import jit, tl
@@ -16,10 +17,15 @@ from ..tiers.triton import jit, tl
 NORM_SUM_SQ = "norm_sum_sq"  # group-wide: in the state of the group's first parameter
 
 
+def _sum_over_shards(group_state, x):
+    """``x`` summed over the shards of the group's parameters (FSDP2), or ``x`` as it is."""
+    reduce = group_state.get(SUM_OVER_SHARDS)
+    return x if reduce is None else reduce(x)
+
+
 def reference(group, params, grads, states, steps, group_state):
     b2 = group_state[NORM_SUM_SQ]
-    for g in grads:
-        b2.add_(g.square().sum().to(b2.device))
+    b2.add_(_sum_over_shards(group_state, sum(g.square().sum().to(b2.device) for g in grads)))
     b = b2.sqrt()
     return Direction([g / b.to(g.device) for g in grads], None, 1.0)
 
@@ -27,7 +33,7 @@ def reference(group, params, grads, states, steps, group_state):
 def foreach(group, params, grads, states, steps, group_state):
     b2 = group_state[NORM_SUM_SQ]
     norms = torch._foreach_norm(grads)
-    b2.add_(torch.stack([n.to(b2.device) for n in norms]).square().sum())
+    b2.add_(_sum_over_shards(group_state, torch.stack([n.to(b2.device) for n in norms]).square().sum()))
     b = b2.sqrt()
     if {g.device for g in grads} == {b.device}:
         return Direction(torch._foreach_div(grads, b), None, 1.0)

@@ -1,0 +1,50 @@
+"""DTensor parameters (FSDP2's ``fully_shard``): the step runs on each rank's local shards.
+
+Every elementwise rule is the same math on a shard as on the whole tensor, so a group whose
+parameters are DTensors takes its step on their local tensors (views of the same storage: the
+update lands in the DTensors), in any tier, with the state kept as DTensors shaped and placed like
+the parameters (what ``torch.distributed.checkpoint`` saves and re-shards). A rule whose state spans
+the group (AdaGradNorm's ``sum_i |g_i|^2``) sums its local statistic over the shards with
+:func:`sum_over_shards`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.4
+    from torch.distributed._tensor import DTensor
+
+SUM_OVER_SHARDS = "sum_over_shards"  # the key a group-wide rule finds its reduction under
+
+
+def first_dtensor(tensors: list[Tensor]) -> DTensor | None:
+    return next((t for t in tensors if isinstance(t, DTensor)), None)
+
+
+def local(tensors: list[Tensor]) -> list[Tensor]:
+    """Each DTensor's local shard (a view: in-place updates land in the DTensor); others as they are."""
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def local_states(states: list[dict]) -> list[dict]:
+    """The states with their DTensors as local shards (new dicts over the same tensors: the rules
+    update state in place)."""
+    return [{k: v.to_local() if isinstance(v, DTensor) else v for k, v in s.items()} for s in states]
+
+
+def sum_over_shards(like: DTensor):
+    """``x -> x`` summed over the mesh dimensions along which ``like`` is sharded (in place, an
+    all-reduce per sharded dimension; replicated dimensions hold the same sum already)."""
+    mesh, placements = like.device_mesh, like.placements
+
+    def reduce(x: Tensor) -> Tensor:
+        for dim, placement in enumerate(placements):
+            if placement.is_shard():
+                dist.all_reduce(x, group=mesh.get_group(dim))
+        return x
+    return reduce
