@@ -80,6 +80,11 @@ class _Sparsifier(Compressor):
     def alpha(self, d):
         return self.k(d) / d
 
+    def k_at_most(self, d: int) -> int:
+        """``k`` for a vector of ``d`` entries where a fixed ``k`` may exceed ``d`` (then all ``d``):
+        the DDP hooks compress each parameter on its own."""
+        return min(self.k_fixed, d) if self.k_fixed is not None else self.k(d)
+
 
 class TopK(_Sparsifier):
     """Keep the ``k`` entries of largest magnitude (``alpha = k/d``, biased). A message is ``k``

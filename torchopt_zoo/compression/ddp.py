@@ -9,20 +9,29 @@ any torch optimizer steps with it. For the first ``start_iter`` steps (at least 
 rebuilds its buckets) the hook is a plain all-reduce that (re)initialises the workers' state with
 uncompressed gradients. The state is kept per *parameter name*, so it does not depend on how DDP
 lays parameters out in buckets (which changes when DDP rebuilds them, or in a new DDP instance);
-a parameter whose size changes is re-initialised the same way. Top-K
-messages go out as (values, int32 indices) by all-gather; Rand-K with the seed all ranks share
-sends only the values, by all-reduce; any other compressor sends its dense output by all-reduce.
+a parameter whose size changes is re-initialised the same way. The compressor acts on each
+parameter's part of a bucket on its own (``TopK(k=...)`` keeps ``min(k, numel)`` entries of each
+parameter, ``ratio=`` that share of each), so what is sent does not depend on the bucket layout
+either: a job restarted from a checkpoint, whose new DDP instance starts with other buckets, takes
+the same steps as the uninterrupted one. Top-K messages go out as (values, int32 indices) by
+all-gather; Rand-K draws each parameter's coordinates from its seed, the step count and the
+parameter's name (the same on every rank) and sends only the values, by all-reduce; any other
+compressor sends its dense output by all-reduce.
 
 The hooks work in place: each bucket layout's vectors live in one flat buffer per vector (the
 per-name entries are views of it), so a step makes no copy of the state; a sparse message updates
 the state at its ``k`` entries only, and the aggregate is written into DDP's bucket buffer. The
 simulated methods (:mod:`.simulated`) are the reference they are tested against.
 
-``EFHookState`` pickles without its process group and its parameter map (as torch's
-``PowerSGDState``): checkpoint it with the model and optimizer, and ``state.register(new_ddp,
-hook)`` restores it into a new DDP instance.
+Checkpoint it on every rank with the model and optimizer: ``state.state_dict()`` holds only tensors
+and plain values (``torch.load`` reads it with ``weights_only=True``) and records the rank and
+world size it belongs to, since each rank's vectors are its own (EF21's ``g = mean_i g_i`` holds
+only with every rank's own ``g_i``); ``state.load_state_dict(sd)`` on the same rank of a group of
+the same size, then ``state.register(new_ddp, hook)``. ``EFHookState`` also pickles (without its
+process group and parameter map, as torch's ``PowerSGDState``).
 """
 
+import zlib
 from typing import Optional
 
 import torch
@@ -51,13 +60,12 @@ class EFHookState:
         self.vectors: dict[str, dict[str, Tensor]] = {}  # parameter name -> the method's vectors
         self.names: dict[int, str] = {}
         self._flat: dict[tuple[str, ...], dict[str, Tensor]] = {}  # bucket layout -> buffers behind the vectors
-        self._canonical: dict[tuple[str, ...], Tensor] = {}  # Rand-K's coordinate layout of a bucket
         self.bytes_last = self.bytes_total = 0
         self._bytes_step = 0
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("process_group", "names", "_flat", "_canonical"):
+        for key in ("process_group", "names", "_flat"):
             state.pop(key)
         # views of the flat buffers would each pickle their whole buffer
         state["vectors"] = {n: {k: v.clone() for k, v in vs.items()} for n, vs in self.vectors.items()}
@@ -65,7 +73,49 @@ class EFHookState:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.process_group, self.names, self._flat, self._canonical = None, {}, {}, {}
+        self.process_group, self.names, self._flat = None, {}, {}
+
+    # -------------------------------------------------------------- checkpoints
+    _SAVED = ("method", "eta", "start_iter", "iter", "bytes_last", "bytes_total")
+
+    def _rank_and_world(self) -> tuple[int, int] | None:
+        if not dist.is_available() or not dist.is_initialized():
+            return None
+        return dist.get_rank(self._group()), dist.get_world_size(self._group())
+
+    def state_dict(self) -> dict:
+        """This rank's state: the method's vectors per parameter name (copies), the counters, Rand-K's
+        draw count, and the rank and world size it belongs to; tensors and plain values only."""
+        where = self._rank_and_world()
+        if where is None:
+            raise RuntimeError("EFHookState.state_dict() needs the process group initialised: it records "
+                               "the rank the state belongs to")
+        out = {key: getattr(self, key) for key in self._SAVED}
+        out["rank"], out["world_size"] = where
+        out["vectors"] = {n: {k: v.clone() for k, v in vs.items()} for n, vs in self.vectors.items()}
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict`'s output, saved on this rank of a group of this size (a
+        ValueError otherwise, before anything changes); then :meth:`register` the DDP model."""
+        where = self._rank_and_world()
+        if where is None:
+            raise RuntimeError("EFHookState.load_state_dict() needs the process group initialised: it "
+                               "checks the rank the state belongs to")
+        rank, world = where
+        if state_dict["world_size"] != world:
+            raise ValueError(f"this EFHookState was saved in a group of {state_dict['world_size']} ranks; "
+                             f"this group has {world}: error feedback cannot be re-sharded across ranks")
+        if state_dict["rank"] != rank:
+            raise ValueError(f"this EFHookState was saved by rank {state_dict['rank']}; this is rank {rank}: "
+                             "each rank must load its own state (its vectors are its own)")
+        if state_dict["method"] != self.method:
+            raise ValueError(f"this EFHookState was saved with method={state_dict['method']!r}; "
+                             f"this one has method={self.method!r}")
+        for key in self._SAVED:
+            setattr(self, key, state_dict[key])
+        self.vectors = {n: {k: v.clone() for k, v in vs.items()} for n, vs in state_dict["vectors"].items()}
+        self._flat = {}
 
     def register(self, ddp_model, hook) -> None:
         """Map the parameters of ``ddp_model`` to their names and register ``hook`` with this state."""
@@ -129,29 +179,27 @@ class EFHookState:
             target.index_add_(0, i.long(), v, alpha=1 / world)
 
     def compress(self, x: Tensor, names: tuple[str, ...], sizes: list[int]) -> tuple[Tensor, Optional[Tensor]]:
-        """``C(x)`` of a bucket's flat vector as ``(values, indices)`` (a sparse compressor) or
-        ``(C(x), None)`` (any other). Rand-K draws its coordinates in a layout fixed by the
-        parameter names, so every rank and every DDP instance (whatever its bucket order) keeps
-        the same entries."""
-        if isinstance(self.compressor, TopK):
-            idx = x.abs().topk(self.compressor.k(x.numel()), sorted=False).indices
-        elif isinstance(self.compressor, RandK):
-            idx = self._canonical_layout(names, sizes, x.device)[self.compressor.indices(x.numel()).to(x.device)]
-        else:
-            return self.compressor.compress(x), None
+        """``C`` of each parameter's part of a bucket's flat vector, as ``(values, indices)`` into
+        the bucket (a sparsifier) or ``(C(x), None)`` (any other compressor, dense). Rand-K draws a
+        parameter's coordinates from its seed, this step's count and the parameter's name: the
+        same on every rank, in every bucket layout."""
+        parts = x.split(sizes)
+        if not isinstance(self.compressor, (TopK, RandK)):
+            return torch.cat([self.compressor.compress(part) for part in parts]), None
+        indices, start = [], 0
+        for name, part in zip(names, parts):
+            n = part.numel()
+            k = self.compressor.k_at_most(n)
+            if isinstance(self.compressor, TopK):
+                idx = part.abs().topk(k, sorted=False).indices
+            else:
+                key = (self.compressor.seed * 1_000_003 + self.iter) * 1_000_003 + zlib.crc32(name.encode())
+                gen = torch.Generator().manual_seed(key % 2**63)
+                idx = torch.randperm(n, generator=gen)[:k].to(x.device)
+            indices.append(idx + start)
+            start += n
+        idx = torch.cat(indices)
         return x[idx], idx
-
-    def _canonical_layout(self, names: tuple[str, ...], sizes: list[int], device) -> Tensor:
-        """Position in the bucket of each coordinate of the name-sorted layout."""
-        layout = self._canonical.get(names)
-        if layout is None or layout.device != device:
-            starts = [0]
-            for k in sizes[:-1]:
-                starts.append(starts[-1] + k)
-            by_name = sorted(range(len(names)), key=lambda i: names[i])
-            layout = torch.cat([torch.arange(starts[i], starts[i] + sizes[i]) for i in by_name]).to(device)
-            self._canonical[names] = layout
-        return layout
 
     def end_step(self) -> None:
         self.iter += 1
