@@ -1,8 +1,9 @@
 """One rank of the FSDP2 tests (tests/test_fsdp.py): every optimizer on a ``fully_shard``-ed MLP
 (2 gloo processes, each with its half of the batch) against the same optimizer on the unsharded
 MLP fed the whole batch; and a ``torch.distributed.checkpoint`` save at step 5, loaded into a new
-model and optimizer, against the uninterrupted run. Rank 0 saves ``{case: (max |diff|, resumed
-bitwise)}``."""
+model and optimizer, against the uninterrupted run. Then the searched steps (line search, the
+accelerated method) with a collective closure, against the unsharded run. Rank 0 saves
+``{case: (max |diff|, resumed bitwise or None where not checkpointed)}``."""
 
 import sys
 
@@ -68,6 +69,40 @@ for cls in zoo.OPTIMIZERS:
         train(resumed, resumed_opt, range(SAVE_AT, STEPS), mine)
         bitwise = all(torch.equal(a, b) for a, b in zip(full(resumed), full(model)))
         results[case] = (diff, bitwise)
+
+
+def train_searched(model, opt, steps, rows):
+    """Steps with a closure that is collective: every rank returns the mean of the ranks' losses
+    (the objective whose gradient FSDP2 hands over)."""
+    for t in steps:
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(X[t, rows]), Y[t, rows])
+            if torch.is_grad_enabled():
+                loss.backward()
+            if rows != slice(None):
+                loss = loss.detach().clone()
+                dist.all_reduce(loss)
+                loss /= 2
+            return loss
+        opt.step(closure)
+
+
+SEARCHED = {
+    "GD+Armijo": lambda ps: zoo.GD(ps, lr=1.0, line_search=zoo.Backtracking(zoo.Armijo())),
+    "Adam+Armijo": lambda ps: zoo.Adam(ps, lr=1.0, line_search=zoo.Backtracking(zoo.Armijo())),
+    "AdaGradNorm+Armijo": lambda ps: zoo.AdaGradNorm(ps, lr=1.0, weight_decay=0.1,
+                                                     line_search=zoo.Backtracking(zoo.Armijo())),
+    "BregmanAccelerated": lambda ps: zoo.BregmanAccelerated(ps, L=10.0),
+    "BregmanAccelerated+DescentLemma": lambda ps: zoo.BregmanAccelerated(
+        ps, line_search=zoo.Backtracking(zoo.DescentLemma())),
+}
+for case, make in SEARCHED.items():
+    ref = mlp()
+    train_searched(ref, make(ref.parameters()), range(STEPS), slice(None))
+    model = sharded()
+    train_searched(model, make(model.parameters()), range(STEPS), mine)
+    results[case] = (max(float((a - b).abs().max()) for a, b in zip(full(model), full(ref))), None)
 if rank == 0:
     torch.save(results, out)
 dist.destroy_process_group()

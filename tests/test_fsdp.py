@@ -37,3 +37,12 @@ def test_fsdp2_matches_the_unsharded_run_and_resumes_from_a_distributed_checkpoi
     diff, bitwise = fsdp_results[case]
     assert diff <= 1e-5
     assert bitwise
+
+
+@pytest.mark.parametrize("case", ["GD+Armijo", "Adam+Armijo", "AdaGradNorm+Armijo", "BregmanAccelerated",
+                                  "BregmanAccelerated+DescentLemma"])
+def test_fsdp2_searched_steps_match_the_unsharded_run(fsdp_results, case):
+    """Line search (inner products and the weight-decay term summed over the shards) and the
+    accelerated method, with a closure that returns the mean of the ranks' losses: 10 steps within
+    1e-5 of the unsharded run."""
+    assert fsdp_results[case][0] <= 1e-5

@@ -20,6 +20,7 @@ from torch import Tensor
 from .._pickling import PicklesAttributes
 from .._validation import check_choice, check_int, check_range
 from ..tiers import flat as _fused
+from ..core import sharding as _sharding
 from ..core.direction import inner
 from ..stepsize import trials as _trials
 from ..stepsize.backtracking import Backtracking
@@ -83,7 +84,7 @@ class _SingleGroup(PicklesAttributes, torch.optim.Optimizer):
         _trials.report_failure(message, self.line_search.on_failure)
 
     def _set(self, values: list[Tensor]) -> None:
-        torch._foreach_copy_(self._params, values)
+        torch._foreach_copy_(_sharding.local(self._params), _sharding.local(values))
 
     def _guarded(self, step, closure):
         """Run ``step(closure)``; if it raises (a closure that raises, an interrupted search), the
@@ -198,8 +199,8 @@ class BregmanAccelerated(_SingleGroup):
             self._flat = flat = _fused.FlatBucket(params, states)
             self._flat_grad = torch.empty_like(flat.param)
             self._grad_views = [v.view(p.shape) for v, p in zip(self._flat_grad.split(flat.numels), params)]
-        if fused != "flat":
-            return params, [st["z"] for st in states], [st["y"] for st in states]
+        if fused != "flat":  # FSDP2's DTensors: their local shards
+            return tuple(_sharding.local(v) for v in (params, [st["z"] for st in states], [st["y"] for st in states]))
         self._flat_list = params
         flat.record_views()
         return [flat.param], [flat.flats["z"]], [flat.flats["y"]]
@@ -218,11 +219,16 @@ class BregmanAccelerated(_SingleGroup):
         s = self._init_state(group)
         states = [self.state[p] for p in self._params]
         entropy = group["mirror"] == "entropy"
+        sharded = _sharding.first_dtensor(self._params)
+        reduce = None if sharded is None else _sharding.sum_over_shards(sharded)
         if entropy:
+            if sharded is not None:
+                raise ValueError('mirror="entropy" does not take DTensor (FSDP2) parameters: it '
+                                 "normalises along a dimension the shards may split")
             ys, zs = [st["y"] for st in states], [st["log_z"].exp() for st in states]
         else:
             params, zs, ys = self._vectors(group, states)
-            flat = params is not self._params
+            flat = group.get("fused") == "flat"
         ls = self.line_search
         L = s["L"]
         if ls is not None:  # the reset policy acts on the step 1/L; the constructor's L starts it
@@ -241,6 +247,7 @@ class BregmanAccelerated(_SingleGroup):
                 torch._foreach_copy_(params, ys)
                 torch._foreach_lerp_(params, zs, tau)
             loss, grads = self._gradient(closure, copy=entropy or not flat)
+            grads = _sharding.local(grads)
             s["gradient_evals"] += 1
             s["function_evals"] += 1
             if entropy:
@@ -255,7 +262,7 @@ class BregmanAccelerated(_SingleGroup):
                     grads = self._flat_gradient(grads)
                 torch._foreach_add_(params, grads, alpha=-1.0 / L)
             out.update(L=L, a=a, loss=loss, grads=grads, f_new=None)
-            gg = inner(grads, grads) if ls is not None else 0.0
+            gg = inner(grads, grads, reduce) if ls is not None else 0.0
             if not (math.isfinite(gg) and math.isfinite(float(loss.detach()))):
                 return False, math.inf, math.nan  # a non-finite loss or gradient: no step at this L
             finfo = torch.finfo(loss.dtype)
@@ -421,6 +428,9 @@ class HigherOrderAccelerated(_SingleGroup):
 
     def _step(self, closure):
         group = self._start(closure)
+        if _sharding.first_dtensor(self._params) is not None:
+            raise ValueError("HigherOrderAccelerated does not take DTensor (FSDP2) parameters: its "
+                             "Hessian-vector products and cubic subproblem run on whole tensors")
         s = self._scalars(k=0, M=group["M"], gradient_evals=0, hvps=0, function_evals=0,
                           failures=0)
         states = [self.state[p] for p in self._params]

@@ -32,13 +32,15 @@ class Direction:
         return torch._foreach_mul(out, scalars)
 
 
-def inner(xs: list[Tensor], ys: list[Tensor]) -> float:
+def inner(xs: list[Tensor], ys: list[Tensor], reduce=None) -> float:
     """``sum_i <x_i, y_i>`` (the real inner product: complex tensors as their real views),
-    accumulated in float64, with one host read."""
+    accumulated in float64, with one host read; ``reduce`` sums the total over the shards where
+    the lists hold local shards (:func:`~torchopt_zoo.core.sharding.sum_over_shards`)."""
     if not xs:
         return 0.0
-    return float(torch.stack([torch.dot(real_view(x).reshape(-1).double(), real_view(y).reshape(-1).double()).cpu()
-                              for x, y in zip(xs, ys)]).sum())
+    total = torch.stack([torch.dot(real_view(x).reshape(-1).double(), real_view(y).reshape(-1).double()).cpu()
+                         for x, y in zip(xs, ys)]).sum()
+    return float(total if reduce is None else reduce(total))
 
 
 def per_step(steps: list, fn):

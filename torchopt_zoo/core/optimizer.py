@@ -435,8 +435,10 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             value = -value
         for group in self.param_groups:
             if group["weight_decay"]:
-                ps = [_direction.real_view(p) for p in group["params"]]
-                value += 0.5 * group["weight_decay"] * _direction.inner(ps, ps)
+                sharded = _sharding.first_dtensor(group["params"])
+                ps = [_direction.real_view(p) for p in _sharding.local(group["params"])]
+                reduce = None if sharded is None else _sharding.sum_over_shards(sharded)
+                value += 0.5 * group["weight_decay"] * _direction.inner(ps, ps, reduce)
         return value
 
     def _searched_step(self, closure):
@@ -464,13 +466,17 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         phi0 = self._objective(loss)
         snapshot = _trials.StateSnapshot(self.state, all_params)
         params, x0, moves, grads, lrs = [], [], [], [], []
+        sharded = _sharding.first_dtensor(all_params)  # FSDP2: the search runs on the local shards
+        reduce = None if sharded is None else _sharding.sum_over_shards(sharded)
         for group in self.param_groups:
             ps, gs, states, sparse = self._collect(group)
             if sparse:
                 raise RuntimeError(f"{type(self).__name__} with line_search does not support sparse gradients")
             if not ps:
                 continue
-            ps, gs, d, lr = self._list_direction(group, self._tier(group), ps, gs, states)
+            if sharded is not None:
+                ps, gs, states = _sharding.local(ps), _sharding.local(gs), _sharding.local_states(states)
+            ps, gs, d, lr = self._list_direction(group, self._tier(group), ps, gs, states, sharded=sharded)
             params += ps
             grads += gs
             lrs += [-lr] * len(ps)
@@ -479,7 +485,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         if not params:
             raise RuntimeError(f"{type(self).__name__} with line_search: the closure left no gradient; it "
                                "must call backward() when gradients are enabled (torchopt_zoo.stepsize.trials)")
-        slope = _direction.inner(grads, moves)
+        slope = _direction.inner(grads, moves, reduce)
         if not (math.isfinite(phi0) and math.isfinite(slope)):  # no step: the state as it was
             snapshot.restore()
             last["reason"] = "non-finite phi0" if not math.isfinite(phi0) else "non-finite gradient or direction"
@@ -491,7 +497,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 last.update(success=True, reason="skipped: not a descent direction")
                 return self._finish_search(stats, last, loss)
             moves = torch._foreach_mul(grads, lrs)
-            slope = _direction.inner(grads, moves)
+            slope = _direction.inner(grads, moves, reduce)
             if slope == 0:  # a stationary point: nothing to search
                 snapshot.restore()
                 last.update(success=True, reason="zero gradient")
@@ -504,7 +510,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             with _trials.BufferGuard():
                 return self._objective(_trials.evaluate_forward(closure))
 
-        norm_sq = _direction.inner(moves, moves) if ls.criterion.needs_direction_norm else None
+        norm_sq = _direction.inner(moves, moves, reduce) if ls.criterion.needs_direction_norm else None
         try:
             result = ls.search(phi, phi0, slope, ls.initial_alpha(stats["alpha"]), norm_sq)
         except BaseException:
