@@ -1,5 +1,5 @@
 """One rank of the FSDP2 tests (tests/test_fsdp.py): every optimizer on a ``fully_shard``-ed MLP
-(2 gloo processes, each with its half of the batch) against the same optimizer on the unsharded
+(2 or 3 gloo processes, each with its share of the batch; 3 shard the 10-row layer unevenly) against the same optimizer on the unsharded
 MLP fed the whole batch; and a ``torch.distributed.checkpoint`` save at step 5, loaded into a new
 model and optimizer, against the uninterrupted run. Then the searched steps (line search, the
 accelerated method) with a collective closure, against the unsharded run. Rank 0 saves
@@ -15,11 +15,11 @@ from torch.distributed.fsdp import fully_shard
 
 import torchopt_zoo as zoo
 
-rank, init_file, out, ckpt = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-STEPS, SAVE_AT = 10, 5
+rank, world, init_file, out, ckpt = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+STEPS, SAVE_AT, BATCH = 10, 5, 24
 gen = torch.Generator().manual_seed(0)
-X, Y = torch.randn(STEPS, 16, 6, generator=gen), torch.randn(STEPS, 16, 3, generator=gen)
+X, Y = torch.randn(STEPS, BATCH, 6, generator=gen), torch.randn(STEPS, BATCH, 3, generator=gen)
 
 
 def mlp():
@@ -45,7 +45,7 @@ def full(model):
     return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach() for p in model.parameters()]
 
 
-mine = slice(rank * 8, rank * 8 + 8)
+mine = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
 results = {}
 for cls in zoo.OPTIMIZERS:
     for tier in ({}, {"foreach": False}):
@@ -83,7 +83,7 @@ def train_searched(model, opt, steps, rows):
             if rows != slice(None):
                 loss = loss.detach().clone()
                 dist.all_reduce(loss)
-                loss /= 2
+                loss /= world
             return loss
         opt.step(closure)
 
