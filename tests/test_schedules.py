@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchopt_zoo as zoo
@@ -31,6 +31,42 @@ def test_refined_schedule_is_in_unit_interval_with_peak_one_and_last_zero(norms,
 def test_refinement_is_invariant_to_scaling_the_norms(norms, scale, power):
     np.testing.assert_allclose(refine(np.array(norms) * scale, power=power),
                                refine(norms, power=power), rtol=1e-9, atol=1e-12)
+
+
+def authors_refinement(G, tau, power):
+    """The refined schedule as Defazio et al.'s published code computes it, re-stated in float64
+    with scipy's median filter: the end padded with 2w reflected values, the start with the
+    nearest; ``s_t = w_t sum_{k > t} w_k``, ``s_{T-1} = 0``, normalised to a peak of 1."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    G = np.asarray(G, dtype=np.float64)
+    width = 2 * (int(tau * len(G)) // 2) + 1
+    pad = 2 * width
+    smooth = ndimage.median_filter(np.pad(G, (0, pad), mode="reflect"), size=width, mode="nearest")[:-pad]
+    weights = smooth ** -float(power)
+    s = np.array([weights[t] * weights[t + 1:].sum() for t in range(len(G))])
+    return s / s.max()
+
+
+@settings(deadline=None)
+@given(st.lists(st.floats(1e-2, 1e2), min_size=20, max_size=300), st.sampled_from([1, 2]), st.floats(0.01, 0.5))
+def test_refine_is_the_authors_recipe(norms, power, tau):
+    np.testing.assert_allclose(refine(norms, tau=tau, power=power), authors_refinement(norms, tau, power),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("T, W", [(10, 0), (30, 4), (100, 28)])
+def test_linear_decay_is_the_authors_polynomial_schedule(T, W):
+    """Defazio et al.'s code: warm-up ``(j+1)/W`` for ``j < W``, then ``1 - (j - W)/(T - W)``
+    (ending at ``1/(T-W)``, the peak held at ``j = W - 1`` and ``j = W``)."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = LinearDecay(opt, T, warmup_steps=W)
+    got = []
+    for _ in range(T):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [(j + 1) / W if j < W else 1 - (j - W) / (T - W) for j in range(T)]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_falling_norms_produce_a_warmup_and_resampling_keeps_the_shape():

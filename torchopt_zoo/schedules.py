@@ -151,7 +151,10 @@ class GradNormRecorder:
 def refine(grad_norms, tau: float = 0.1, power: int = 2, total_steps: int | None = None) -> np.ndarray:
     r"""The refined schedule (multipliers of the base lr) from a previous run's gradient norms.
 
-    1. smooth ``G`` with a median filter of width ``2 floor(tau T / 2) + 1`` (reflect padding);
+    1. smooth ``G`` with a median filter of width ``w = 2 floor(tau T / 2) + 1``, padded as the
+       authors do: the end extended by ``2w`` values reflected about the last one, the start by
+       the first value repeated (``scipy.ndimage.median_filter(np.pad(G, (0, 2w), "reflect"),
+       w, mode="nearest")[:T]``);
     2. weights ``w_t = G_t^{-power}`` (``power=2`` with l2 norms for SGD-like optimizers,
        ``power=1`` with l1 norms for Adam-like ones);
     3. ``s_t = w_t sum_{k > t} w_k`` (the last step is exactly 0);
@@ -172,7 +175,7 @@ def refine(grad_norms, tau: float = 0.1, power: int = 2, total_steps: int | None
         raise ValueError(f"Invalid grad_norms: {T} values, fewer than the filter width {width} "
                          "(or than 2); record more steps or lower tau")
     half = width // 2
-    padded = np.pad(G, half, mode="reflect")
+    padded = np.concatenate([np.full(half, G[0]), np.pad(G, (0, 2 * width), mode="reflect")[:T + half]])
     smooth = np.median(np.lib.stride_tricks.sliding_window_view(padded, width), axis=1)
     w = smooth ** (-float(power))
     tail = np.concatenate([np.cumsum(w[::-1])[::-1][1:], [0.0]])  # sum_{k > t} w_k
