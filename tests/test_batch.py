@@ -38,6 +38,56 @@ def reference(test, G, eta=0.1, theta=0.1, nu=0.1, floor=1e-3):
     return {"inner_product": inner, "orthogonality": ortho, "augmented": max(inner, ortho)}[test]
 
 
+def authors_reference(test, G, sizes, theta=0.1, nu=0.1):
+    """The authors' per-tensor statistics (timlautk/AdAdaGrad, tests.py), written out with numpy
+    loops: per tensor j the variance over samples of <G_i^j, g^j> and of the residual of G_i^j
+    after its projection on g^j, summed over tensors, over |g|^4 and |g|^2 of the whole gradient."""
+    G = np.array(G, dtype=np.float64)
+    b = G.shape[0]
+    gg = G.mean(0) @ G.mean(0)
+    var = lambda v: ((v - v.mean()) ** 2).sum() / (b - 1)  # noqa: E731
+    inner = ortho = 0.0
+    start = 0
+    for n in sizes:
+        Gj = G[:, start:start + n]
+        gj = Gj.mean(0)
+        start += n
+        inner += var(np.array([Gj[i] @ gj for i in range(b)]))
+        if gj @ gj > 0:
+            R = np.array([Gj[i] - (Gj[i] @ gj) / (gj @ gj) * gj for i in range(b)])
+            ortho += sum(var(R[:, k]) for k in range(n))
+    inner /= theta ** 2 * gg ** 2
+    ortho /= nu ** 2 * gg
+    return {"inner_product": inner, "orthogonality": ortho, "augmented": max(inner, ortho)}[test]
+
+
+@pytest.mark.parametrize("test", ["inner_product", "orthogonality", "augmented"])
+@given(G=grad_matrices.filter(lambda G: len(G[0]) >= 2), data=st.data())
+def test_per_tensor_statistics_match_a_float64_recomputation_of_the_authors(test, G, data):
+    T = torch.tensor(G, dtype=torch.float64)
+    assume(float(T.mean(0).norm()) > 1e-6)
+    d = T.shape[1]
+    cut = data.draw(st.integers(1, d - 1))
+    sizes = [cut, d - cut]
+    assert statistic(test, T, sizes=sizes) == pytest.approx(authors_reference(test, G, sizes), rel=1e-9, abs=1e-12)
+    assert statistic(test, T, sizes=[d]) == pytest.approx(reference(test, G), rel=1e-9, abs=1e-12)
+
+
+def test_adadagrad_per_tensor_statistics_split_the_gradient_by_parameter():
+    """``statistics="per_tensor"`` hands the optimizer's parameter sizes to the test."""
+    model = small_net()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 4, generator=gen, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    _, G = per_sample_gradients(model, torch.nn.functional.cross_entropy, x, y)
+    sizes = [p.numel() for p in model.parameters()]
+    opt = zoo.AdAdaGrad(model.parameters(), test="inner_product", statistics="per_tensor",
+                        initial_batch_size=2, max_batch_size=10 ** 6)
+    opt.step(per_sample_grads=G)
+    expected = math.ceil(authors_reference("inner_product", G.numpy(), sizes))
+    assert opt.batch.size == max(2, expected)
+
+
 @pytest.mark.parametrize("test", ["norm", "inner_product", "orthogonality", "augmented", "coordinate"])
 @given(G=grad_matrices, size=st.integers(2, 50))
 def test_each_test_matches_a_float64_recomputation(test, G, size):

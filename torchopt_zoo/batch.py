@@ -19,6 +19,13 @@ gradient:
   unbounded batch; this guard is our documented choice, the paper leaves it open).
 
 each then ``max(b, .)`` and ``min(max_batch_size, .)``.
+
+``statistics="per_tensor"`` computes the inner-product and orthogonality statistics as the
+authors' code does (timlautk/AdAdaGrad): within each parameter tensor ``j`` (the inner product
+``<g_i^j, g^j>`` and the projection on ``g^j``), the variances summed over tensors, over
+``|g|^4`` and ``|g|^2`` of the whole gradient. ``"global"`` (the default) is the formula above, over
+the whole gradient; without cross-tensor covariances the per-tensor figure is smaller (about 2.2x
+on an MLP). The norm and coordinate tests are the same either way.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from ._validation import check_choice, check_flag, check_int, check_range
 from .rules import Adagrad, AdaGradNorm
 
 TESTS = ("norm", "inner_product", "orthogonality", "augmented", "coordinate")
+STATISTICS = ("global", "per_tensor")
 
 
 def _check_grads(grads: Tensor, samples_per_row: int) -> tuple[Tensor, Tensor]:
@@ -53,8 +61,12 @@ def _sample_var(X: Tensor) -> Tensor:
 
 
 def statistic(test: str, grads: Tensor, samples_per_row: int = 1, *, eta: float = 0.1,
-              theta: float = 0.1, nu: float = 0.1, coordinate_floor: float = 1e-3) -> float:
-    """The batch size a test asks for (before ``max(b, .)`` and the cap), as a real number."""
+              theta: float = 0.1, nu: float = 0.1, coordinate_floor: float = 1e-3,
+              sizes: list[int] | None = None) -> float:
+    """The batch size a test asks for (before ``max(b, .)`` and the cap), as a real number.
+    ``sizes``: the numbers of entries of the parameter tensors whose gradients the columns of
+    ``grads`` hold, in order; given, the inner-product and orthogonality statistics are the
+    authors' per-tensor ones (see the module docstring)."""
     check_choice("test", test, TESTS)
     for name, value in (("eta", eta), ("theta", theta), ("nu", nu)):
         check_range(name, value, 0.0, low_open=True)
@@ -67,10 +79,14 @@ def statistic(test: str, grads: Tensor, samples_per_row: int = 1, *, eta: float 
     if test == "coordinate":
         keep = g.abs() > coordinate_floor * float(g.abs().max())
         return m * float((_sample_var(G)[keep] / g[keep] ** 2).max()) / eta ** 2
-    inner = m * float(_sample_var((G @ g)[:, None])[0]) / (theta ** 2 * gg ** 2)
+    if sizes is not None and sum(sizes) != G.shape[1]:
+        raise ValueError(f"Invalid sizes: they add up to {sum(sizes)}; the gradients have {G.shape[1]} columns")
+    blocks = [(G, g)] if sizes is None else list(zip(G.split(sizes, 1), g.split(sizes)))
+    inner = m * sum(float(_sample_var((Gj @ gj)[:, None])[0]) for Gj, gj in blocks) / (theta ** 2 * gg ** 2)
     if test == "inner_product":
         return inner
-    ortho = m * float(_sample_var(G - ((G @ g) / gg)[:, None] * g).sum()) / (nu ** 2 * gg)
+    ortho = m * sum(float(_sample_var(Gj - ((Gj @ gj) / (gj @ gj))[:, None] * gj).sum())
+                    for Gj, gj in blocks if float(gj @ gj) > 0) / (nu ** 2 * gg)
     return ortho if test == "orthogonality" else max(inner, ortho)
 
 
@@ -86,8 +102,11 @@ class AdaptiveBatchSize:
     ``state_dict()`` / ``load_state_dict()`` round-trip it."""
 
     def __init__(self, test: str = "norm", *, eta: float = 0.1, theta: float = 0.1, nu: float = 0.1,
-                 initial: int = 32, max: int = 4096, coordinate_floor: float = 1e-3) -> None:
+                 initial: int = 32, max: int = 4096, coordinate_floor: float = 1e-3,
+                 statistics: str = "global") -> None:
         check_choice("test", test, TESTS)
+        check_choice("statistics", statistics, STATISTICS)
+        self.statistics = statistics
         for name, value in (("eta", eta), ("theta", theta), ("nu", nu)):
             check_range(name, value, 0.0, low_open=True)
         for name, value in (("initial", initial), ("max", max)):
@@ -101,13 +120,16 @@ class AdaptiveBatchSize:
         self.size = initial
         self.history = [initial]
 
-    def update(self, grads: Tensor, samples_per_row: int = 1) -> int:
+    def update(self, grads: Tensor, samples_per_row: int = 1, sizes: list[int] | None = None) -> int:
         """Apply the test to ``grads`` (rows, d); a single row (an epoch's last batch of one
         sample) carries no variance estimate, so the size stays. ``history`` records the initial
         size and each size the test moved to (bounded: the batch only grows, up to ``max``)."""
         if grads.dim() == 2 and grads.shape[0] == 1:
             return self.size
-        size = next_batch_size(self.test, grads, self.size, self.max, samples_per_row, **self.constants)
+        if self.statistics == "per_tensor" and sizes is None:
+            raise ValueError('statistics="per_tensor" needs sizes=: the entries of each parameter tensor')
+        size = next_batch_size(self.test, grads, self.size, self.max, samples_per_row, **self.constants,
+                               sizes=sizes if self.statistics == "per_tensor" else None)
         if size != self.size:
             self.history.append(size)
         self.size = size
@@ -238,13 +260,14 @@ class _AdaptiveBatchMixin:
 
     _pickled = ("line_search", "batch")
 
-    def _init_batch(self, test, constants, initial_batch_size, max_batch_size):
+    def _init_batch(self, test, constants, initial_batch_size, max_batch_size, statistics="global"):
         check_int("initial_batch_size", initial_batch_size, 2)
         check_int("max_batch_size", max_batch_size, 2)
         if max_batch_size < initial_batch_size:
             raise ValueError(f"Invalid max_batch_size value: {max_batch_size}; it must be >= "
                              f"initial_batch_size ({initial_batch_size})")
-        self.batch = AdaptiveBatchSize(test, initial=initial_batch_size, max=max_batch_size, **constants)
+        self.batch = AdaptiveBatchSize(test, initial=initial_batch_size, max=max_batch_size,
+                                       statistics=statistics, **constants)
         self.state["batch"] = self.batch.state_dict()
 
     def sampler(self, n: int, seed: int = 0, drop_last: bool = False) -> AdaptiveBatchSampler:
@@ -256,8 +279,9 @@ class _AdaptiveBatchMixin:
                              f"gradients; got {getattr(per_sample_grads, 'shape', type(per_sample_grads).__name__)}")
         check_int("samples_per_row", samples_per_row, 1)
         loss = super().step(closure)
-        if per_sample_grads is not None:
-            self.batch.update(per_sample_grads, samples_per_row)
+        if per_sample_grads is not None:  # its columns: the parameters with a gradient, in the groups' order
+            sizes = [p.numel() for g in self.param_groups for p in g["params"] if p.requires_grad]
+            self.batch.update(per_sample_grads, samples_per_row, sizes)
         self.state["batch"] = self.batch.state_dict()
         return loss
 
@@ -285,9 +309,9 @@ class AdAdaGrad(_AdaptiveBatchMixin, Adagrad):
 
     def __init__(self, params, lr: float = 1e-2, *, test: str = "inner_product", eta: float = 0.1,
                  theta: float = 0.1, nu: float = 0.1, initial_batch_size: int = 32,
-                 max_batch_size: int = 4096, **adagrad_kwargs) -> None:
+                 max_batch_size: int = 4096, statistics: str = "global", **adagrad_kwargs) -> None:
         super().__init__(params, lr=lr, **adagrad_kwargs)
-        self._init_batch(test, dict(eta=eta, theta=theta, nu=nu), initial_batch_size, max_batch_size)
+        self._init_batch(test, dict(eta=eta, theta=theta, nu=nu), initial_batch_size, max_batch_size, statistics)
 
 
 class AdAdaGradNorm(_AdaptiveBatchMixin, AdaGradNorm):
@@ -296,6 +320,6 @@ class AdAdaGradNorm(_AdaptiveBatchMixin, AdaGradNorm):
 
     def __init__(self, params, lr: float = 1.0, *, test: str = "norm", eta: float = 0.1,
                  theta: float = 0.1, nu: float = 0.1, initial_batch_size: int = 32,
-                 max_batch_size: int = 4096, **kwargs) -> None:
+                 max_batch_size: int = 4096, statistics: str = "global", **kwargs) -> None:
         super().__init__(params, lr=lr, **kwargs)
-        self._init_batch(test, dict(eta=eta, theta=theta, nu=nu), initial_batch_size, max_batch_size)
+        self._init_batch(test, dict(eta=eta, theta=theta, nu=nu), initial_batch_size, max_batch_size, statistics)
