@@ -72,7 +72,7 @@ def run_question(name: str, args) -> dict:
 
 
 def held_text(held) -> str:
-    return {True: "yes", False: "**no**", None: "undecided"}[held]
+    return {True: "yes", False: "**no**", None: "not shown"}[held]
 
 
 def report(results: list[dict], args) -> str:

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import problems as P  # noqa: E402
-from harness import claim, cli, record, save_figure  # noqa: E402
+from harness import claim, cli, paired_verdict, record, save_figure  # noqa: E402
 
 import torchopt_zoo as zoo  # noqa: E402
 
@@ -79,10 +79,10 @@ def main():
     ax.set_title("small CNN on digits")
     ax.legend()
     save_figure(fig, args.out, "diffgrad.png")
-    adam, diff = best["Adam"][1], best["diffGrad"][1]
+    verdict, text = paired_verdict([r[0][-1] for r in best["diffGrad"][2]], [r[0][-1] for r in best["Adam"][2]])
     record(args.out, "diffgrad", [
         claim("diffGrad reaches a lower training loss than Adam on a CNN", "Dubey et al., arXiv:1909.11015",
-              f"final training loss {diff:.4f} (diffGrad) vs {adam:.4f} (Adam), best lr each", diff < adam),
+              f"final training loss, diffGrad vs Adam (best lr each): {text}", verdict),
     ], raw={name: {"lr": b[0], "curves": [r[0] for r in b[2]], "acc": [r[1] for r in b[2]]}
             for name, b in best.items()})
 

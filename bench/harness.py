@@ -58,6 +58,34 @@ def record(out: str, question: str, claims: list[dict], raw=None) -> None:
             json.dump(_plain(raw), fh)
 
 
+def paired_verdict(a, b, *, resamples: int = 10_000, seed: int = 0):
+    """The rule fixed before every run for "``a`` is lower than ``b``" over seeds: the paired
+    differences ``a_s - b_s`` (the same seed: the same initialisation and data order), and a 95%
+    percentile-bootstrap interval of their mean. True where the interval lies below 0, False where
+    it lies above 0, None ("not shown") where it holds 0. Returns ``(verdict, text)``, the text
+    with each side's mean ± sd and the interval."""
+    import numpy as np
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    verdict = True if hi < 0 else False if lo > 0 else None
+    sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0  # noqa: E731
+    text = (f"{a.mean():.4f} ± {sd(a):.4f} vs {b.mean():.4f} ± {sd(b):.4f} (n = {len(d)} seeds; "
+            f"paired difference 95% CI [{lo:.4f}, {hi:.4f}])")
+    return verdict, text
+
+
+def all_verdicts(verdicts) -> bool | None:
+    """Several cases of one claim: held if every case held, refuted if any was refuted, else not
+    shown."""
+    verdicts = list(verdicts)
+    if any(v is False for v in verdicts):
+        return False
+    return True if all(v is True for v in verdicts) else None
+
+
 def claim(text: str, source: str, measured: str, held) -> dict:
     return {"claim": text, "source": source, "measured": measured,
             "held": None if held is None else bool(held)}
