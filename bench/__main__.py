@@ -42,6 +42,9 @@ def parse_args(argv=None):
                         help="device for the step-speed question (the others run on the CPU)")
     parser.add_argument("--seed", type=int, default=0, help="global torch seed of every question")
     parser.add_argument("--out", default="bench/out")
+    parser.add_argument("--readme", default="",
+                        help="a README whose claims table (between the claims markers) this run rewrites; "
+                             "full runs of every question only")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(QUESTIONS)
     unknown = [n for n in names if n not in QUESTIONS]
@@ -73,6 +76,25 @@ def run_question(name: str, args) -> dict:
 
 def held_text(held) -> str:
     return {True: "yes", False: "**no**", None: "not shown"}[held]
+
+
+BEGIN, END = "<!-- claims table: written by python -m bench --readme; do not edit -->", "<!-- end of claims table -->"
+
+
+def claims_table(claims_by_question: dict[str, list[dict]]) -> str:
+    """The README's headline table: each claim and its verdict (the figures: the report)."""
+    lines = [BEGIN, "", "| question | claim | held |", "|---|---|---|"]
+    for name, claims in claims_by_question.items():
+        lines += [f"| {name} | {c['claim']} | {held_text(c['held'])} |" for c in claims]
+    return "\n".join(lines + ["", END])
+
+
+def rewrite_readme(path: str, claims_by_question: dict[str, list[dict]]) -> None:
+    with open(path) as fh:
+        text = fh.read()
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    with open(path, "w") as fh:
+        fh.write(text[:start] + claims_table(claims_by_question) + text[stop:])
 
 
 def report(results: list[dict], args) -> str:
@@ -119,6 +141,9 @@ def main(argv=None) -> int:
     with open(path, "w") as fh:
         fh.write(report(results, args))
     crashed = [r["name"] for r in results if not r["ok"]]
+    if args.readme and not args.quick and not crashed and args.names == list(QUESTIONS):
+        rewrite_readme(args.readme, {r["name"]: r["claims"] for r in results})
+        print(f"claims table: {args.readme}")
     print(f"report: {path}" + (f"; crashed: {', '.join(crashed)}" if crashed else ""))
     return 1 if crashed else 0
 

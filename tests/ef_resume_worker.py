@@ -3,7 +3,7 @@
 ``straight``: 20 steps. ``first``: 10 steps, every rank saves ``state_dict()``s of the model, the
 optimizer and the hook state, then kills itself (SIGKILL). ``second``: a new process group and DDP
 instance load them (``torch.load`` with ``weights_only=True``) and take the last 10 steps; loading
-the other rank's hook state must fail. The model's buckets are small enough for DDP to make
+the next rank's hook state must fail. The model's buckets are small enough for DDP to make
 several, and its first buckets differ from the ones it rebuilds after the first iteration."""
 
 import os
@@ -17,8 +17,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import torchopt_zoo as zoo
 from torchopt_zoo.compression import EFHookState, RandK, TopK, econtrol_hook, ef14_hook, ef21_hook
 
-rank, phase, init_file, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+rank, world, phase, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
 RUNS = {"ef21": (ef21_hook, lambda: TopK(ratio=0.2)), "econtrol": (econtrol_hook, lambda: RandK(ratio=0.2, seed=5)),
         "ef14": (ef14_hook, lambda: TopK(ratio=0.2))}
 gen = torch.Generator().manual_seed(100 + rank)
@@ -75,7 +75,7 @@ for method in RUNS:
         saved = torch.load(f"{out}/{method}-rank{rank}.pt")  # weights_only=True, the default
         model.module.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
-        other = torch.load(f"{out}/{method}-rank{1 - rank}.pt")["ef"]
+        other = torch.load(f"{out}/{method}-rank{(rank + 1) % world}.pt")["ef"]
         try:
             state.load_state_dict(other)
             refused = ""

@@ -129,26 +129,27 @@ def test_hook_aggregates_do_not_depend_on_the_bucket_layout(one_rank_group, meth
         assert all(torch.equal(one[n], two[n]) for n in SIZES)
 
 
-def run_ranks(worker, phase, tmp_path):
+def run_ranks(worker, world, phase, tmp_path):
     init_file = tmp_path / f"rendezvous-{phase}"
-    procs = [subprocess.Popen([sys.executable, worker, str(r), phase, str(init_file), str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, worker, str(r), str(world), phase, str(init_file), str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(world)]
     return [(p.wait(timeout=300), p.stdout.read().decode()) for p in procs]
 
 
-def test_hooks_resume_bitwise_after_a_kill_with_several_buckets(tmp_path):
-    """Two gloo ranks, several DDP buckets whose first layout differs from the rebuilt one: killed
-    (SIGKILL) after 10 steps and restarted from their state_dicts (loaded with weights_only=True),
-    every method ends bitwise where the uninterrupted 20 steps end; each rank refuses the other
-    rank's hook state."""
+@pytest.mark.parametrize("world", [2, 3])
+def test_hooks_resume_bitwise_after_a_kill_with_several_buckets(tmp_path, world):
+    """2 or 3 gloo ranks, several DDP buckets whose first layout differs from the rebuilt one:
+    killed (SIGKILL) after 10 steps and restarted from their state_dicts (loaded with
+    weights_only=True), every method ends bitwise where the uninterrupted 20 steps end; each rank
+    refuses another rank's hook state."""
     worker = os.path.join(os.path.dirname(__file__), "ef_resume_worker.py")
     for phase, expected in (("straight", 0), ("first", -9), ("second", 0)):
-        for code, out in run_ranks(worker, phase, tmp_path):
+        for code, out in run_ranks(worker, world, phase, tmp_path):
             assert code == expected, out[-3000:]
-    for rank in range(2):
+    for rank in range(world):
         straight = torch.load(tmp_path / f"straight-rank{rank}.pt")
         resumed = torch.load(tmp_path / f"second-rank{rank}.pt")
         for method, run in straight.items():
             assert run["buckets"] >= 2, method
             assert all(torch.equal(a, b) for a, b in zip(run["params"], resumed[method]["params"])), method
-            assert f"saved by rank {1 - rank}; this is rank {rank}" in resumed[method]["refused"]
+            assert f"saved by rank {(rank + 1) % world}; this is rank {rank}" in resumed[method]["refused"]

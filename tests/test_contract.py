@@ -121,3 +121,18 @@ def test_readme_optimizer_table_is_the_registry():
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     assert rules.table() in readme
     assert len(readme) <= 15_000
+
+
+def test_readme_claims_table_is_the_last_full_run():
+    """The README's claims table is the one ``python -m bench --readme README.md`` wrote from the
+    claims of the run in docs/bench (the report's run): hand edits or a stale table fail here."""
+    import json
+    import pathlib
+    import sys
+
+    root = pathlib.Path(__file__).parent.parent
+    sys.path.insert(0, str(root))
+    from bench.__main__ import QUESTIONS, claims_table
+
+    claims = {name: json.loads((root / "docs" / "bench" / f"{name}.claims.json").read_text()) for name in QUESTIONS}
+    assert claims_table(claims) in (root / "README.md").read_text()
