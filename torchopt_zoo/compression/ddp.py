@@ -15,8 +15,10 @@ parameter, ``ratio=`` that share of each), so what is sent does not depend on th
 either: a job restarted from a checkpoint, whose new DDP instance starts with other buckets, takes
 the same steps as the uninterrupted one. Top-K messages go out as (values, int32 indices) by
 all-gather; Rand-K draws each parameter's coordinates from its seed, the step count and the
-parameter's name (the same on every rank) and sends only the values, by all-reduce; any other
-compressor sends its dense output by all-reduce.
+parameter's name (the same on every rank) and sends only the values, by all-gather. Both add the
+ranks' messages in rank order, so the sums do not depend on the layout either (an all-reduce's
+order of addition does, with 3 or more ranks). Any other compressor sends its dense output by
+all-reduce (bitwise across layouts with 2 ranks only).
 
 The hooks work in place: each bucket layout's vectors live in one flat buffer per vector (the
 per-name entries are views of it), so a step makes no copy of the state; a sparse message updates
@@ -163,11 +165,12 @@ class EFHookState:
         if indices is None:  # dense (unknown compressor)
             target.add_(self.all_reduce_mean(values))
             return
-        if isinstance(self.compressor, RandK):  # same indices on every rank: all-reduce values
-            summed = values.clone()
-            self._count(summed)
-            dist.all_reduce(summed, group=self._group())
-            target.index_add_(0, indices, summed, alpha=1 / world)
+        if isinstance(self.compressor, RandK):  # same indices on every rank: gather the values only
+            self._count(values)
+            all_values = [torch.empty_like(values) for _ in range(world)]
+            dist.all_gather(all_values, values, group=self._group())
+            for v in all_values:  # rank by rank: the same sums whatever the bucket layout
+                target.index_add_(0, indices, v, alpha=1 / world)
             return
         idx32 = indices.to(torch.int32)
         self._count(values, idx32)
