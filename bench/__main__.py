@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +33,9 @@ QUESTIONS = {
     "schedules": "Linear decay vs cosine vs refinement (Defazio et al.)",
     "step_speed": "Step speed vs torch.optim and pytorch_optimizer",
 }
+
+
+PROGRESS = "progress: "
 
 
 def parse_args(argv=None):
@@ -61,7 +65,20 @@ def run_question(name: str, args) -> dict:
     if name == "step_speed":
         cmd += ["--device", args.device]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = []
+
+    def echo_progress():  # a question's progress lines (harness.progress) as they come, with the elapsed time
+        for line in proc.stderr:
+            stderr.append(line)
+            if line.startswith(PROGRESS):
+                print(f"\n    {time.perf_counter() - start:5.0f} s  {line[len(PROGRESS):].strip()}", end="", flush=True)
+    reader = threading.Thread(target=echo_progress)
+    reader.start()
+    stdout = proc.stdout.read()
+    proc.wait()
+    reader.join()
+    proc.stdout, proc.stderr = stdout, "".join(l for l in stderr if not l.startswith(PROGRESS))  # noqa: E741
     seconds = time.perf_counter() - start
     with open(os.path.join(args.out, f"{name}.log"), "w") as fh:
         fh.write(proc.stdout + ("\n--- stderr ---\n" + proc.stderr if proc.stderr else ""))
@@ -70,7 +87,8 @@ def run_question(name: str, args) -> dict:
     if proc.returncode == 0 and os.path.exists(claims_path):
         with open(claims_path) as fh:
             claims = json.load(fh)
-    return {"name": name, "ok": proc.returncode == 0 and bool(claims), "seconds": seconds,
+    shown = any(line.startswith(PROGRESS) for line in stderr)
+    return {"name": name, "ok": proc.returncode == 0 and bool(claims), "seconds": seconds, "shown": shown,
             "stdout": proc.stdout, "stderr": proc.stderr, "claims": claims}
 
 
@@ -135,7 +153,7 @@ def main(argv=None) -> int:
         r = run_question(name, args)
         results.append(r)
         held = [c["held"] for c in r["claims"]]
-        print(f"{'ok' if r['ok'] else 'CRASHED'} in {r['seconds']:.0f} s"
+        print(("\n    " if r["shown"] else "") + f"{'ok' if r['ok'] else 'CRASHED'} in {r['seconds']:.0f} s"
               + (f" ({sum(h is True for h in held)}/{len(held)} claims held)" if held else ""), flush=True)
     path = os.path.join(args.out, "report.md")
     with open(path, "w") as fh:

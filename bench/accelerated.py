@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import problems as P  # noqa: E402
-from harness import claim, cli, record, save_figure  # noqa: E402
+from harness import claim, cli, progress, record, save_figure  # noqa: E402
 
 import torchopt_zoo as zoo  # noqa: E402
 from torchopt_zoo.stepsize import Backtracking, DescentLemma  # noqa: E402
@@ -193,6 +193,7 @@ def main():
     iters = 150 if args.quick else 600
     panels = []
     for title, f, x0, fstar, L, prob in (quadratic_problem(), logistic_problem()):
+        progress(title)
         curves = {}
         for name, make in euclidean_rows(L, iters).items():
             curves[name] = run_optimizer(make, f, x0, fstar, iters)
@@ -223,7 +224,7 @@ def main():
         axes[1][col].set_xlabel("gradient evaluations")
         for ax in axes[:, col]:
             ax.set_ylabel("f - f*")
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=8)
     save_figure(fig, args.out, "accelerated.png")
     quad_curves, logistic_curves, simplex_curves = (c for _, c, _ in panels)
     exponent = rate_exponent(quad_curves["order 2, fixed L"][0])

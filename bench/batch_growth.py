@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import problems as P  # noqa: E402
-from harness import claim, cli, record, save_figure  # noqa: E402
+from harness import claim, cli, progress, record, save_figure  # noqa: E402
 
 import torchopt_zoo as zoo  # noqa: E402
 from torchopt_zoo.batch import per_sample_gradients  # noqa: E402
@@ -115,6 +115,7 @@ def main():
               "final train loss | test accuracy | final batch |")
         print("|---|---|---|---|---|---|---|---|")
         for name, make in configs().items():
+            progress(f"{task} / {name}")
             r = run(task, make, budget, data)
             results[(task, name)] = r
             hit = r["reached"]
@@ -130,7 +131,7 @@ def main():
         axes[1][col].set_title(f"{task}: batch size", fontsize=9)
         for ax in axes[:, col]:
             ax.set_xlabel("training samples processed")
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=8)
         axes[0][col].set_ylabel("full training loss")
         axes[1][col].set_ylabel("batch size")
     save_figure(fig, args.out, "batch_growth.png", dpi=100)

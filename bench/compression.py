@@ -269,7 +269,7 @@ def main():
             axes[1][col].set_xlabel("bits sent (all workers)")
             for ax in axes[:, col]:
                 ax.set_ylabel("|grad f|^2 / |grad f(x0)|^2")
-                ax.legend(fontsize=6)
+                ax.legend(fontsize=8)
             col += 1
     save_figure(fig, args.out, "compression.png", dpi=100)
     ddp_steps = 60 if args.quick else 300

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import problems as P  # noqa: E402
-from harness import claim, cli, paired_verdict, record, save_figure  # noqa: E402
+from harness import claim, cli, paired_verdict, progress, record, save_figure  # noqa: E402
 
 import torchopt_zoo as zoo  # noqa: E402
 
@@ -58,6 +58,7 @@ def main():
     data = P.digit_images()
     best = {}
     for name, make in OPTIMIZERS.items():
+        progress(f"{name}: lrs {LRS}, seeds {list(seeds)}")
         for lr in LRS:
             runs = [train(make, lr, s, epochs, data) for s in seeds]
             mean = statistics.fmean(r[0][-1] for r in runs)

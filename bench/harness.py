@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 import torch
 
@@ -24,6 +25,12 @@ def cli(doc: str, quick_help: str, **extra) -> argparse.Namespace:
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
     return args
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (``python -m bench`` shows it live, with the elapsed time, and
+    keeps it out of the report)."""
+    print(f"progress: {message}", file=sys.stderr, flush=True)
 
 
 def save_figure(fig, out: str, name: str, dpi: int = 110) -> str:

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import problems as P  # noqa: E402
-from harness import claim, cli, record, save_figure  # noqa: E402
+from harness import claim, cli, progress, record, save_figure  # noqa: E402
 
 import torchopt_zoo as zoo  # noqa: E402
 from torchopt_zoo.stepsize import Armijo, Backtracking, DescentLemma, line_search  # noqa: E402
@@ -163,6 +163,7 @@ def fmt(x, spec="d"):
 def compare(problems, max_iters):
     rows, ratios, curves = [], {}, {}
     for problem in problems:
+        progress(problem.name)
         fstar = f_star(problem)
         for method, run in METHODS.items():
             for alpha0 in ALPHA0S:
@@ -171,7 +172,7 @@ def compare(problems, max_iters):
                     for adaptive in (False, True):
                         trace = run(problem, fstar, adaptive, rho, alpha0, max_iters)
                         result[adaptive] = to_tolerance(trace)
-                        if rho == 0.5 and alpha0 == ALPHA0S[0] and problem.name in PLOTTED:
+                        if rho == 0.5 and alpha0 == ALPHA0S[-1] and problem.name in PLOTTED:  # the second claim's case
                             curves[(problem.name, method, adaptive)] = trace
                     reg, ada = result[False], result[True]
                     ratio = ada[0] / reg[0] if reg and ada else None
@@ -224,8 +225,8 @@ def plot(curves, out):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("function evaluations")
         ax.set_ylabel("relative suboptimality" if curves_have_fstar(curves, name) else "|grad f| / |grad f(w0)|")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"rho = 0.5, alpha0 = {ALPHA0S[0]:g}, restart every step")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"rho = 0.5, alpha0 = {ALPHA0S[-1]:g}, restart every step")
     save_figure(fig, out, "linesearch.png")
 
 

@@ -23,7 +23,7 @@ import torch
 from sklearn import datasets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import all_verdicts, claim, cli, paired_verdict, record, save_figure  # noqa: E402
+from harness import all_verdicts, claim, cli, paired_verdict, progress, record, save_figure  # noqa: E402
 
 import torchopt_zoo as zoo  # noqa: E402
 from torchopt_zoo.schedules import GradNormRecorder, LinearDecay, RefinedSchedule  # noqa: E402
@@ -104,6 +104,7 @@ def run_task(task, seeds, epochs, data):
     total = epochs * -(-len(data[1]) // BATCH)
     results = {}  # (schedule, lr) -> list of runs over seeds
     for name, make in schedules(total).items():
+        progress(f"{task} / {name}: lrs {grid}, seeds {list(seeds)}")
         for lr in grid:
             results[(name, lr)] = [train(task, lr, make, s, epochs, data, record=name == "linear decay")
                                    for s in seeds]
@@ -159,7 +160,7 @@ def plot(all_best, out):
         axes[1][col].set_title(f"{task}: training loss, mean over seeds", fontsize=9)
         axes[1][col].set_xlabel("epoch")
         for ax in axes[:, col]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=8)
     save_figure(fig, out, "schedules.png")
 
 

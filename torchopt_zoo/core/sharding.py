@@ -10,7 +10,6 @@ the group (AdaGradNorm's ``sum_i |g_i|^2``) sums its local statistic over the sh
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
