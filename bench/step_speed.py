@@ -87,16 +87,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_step(factory, count, numel, device, repeats, set_to_none=True, warmup=3):
-    """Median seconds of ``step()``. ``set_to_none``: each step gets new gradient tensors, as
+def stepper(factory, count, numel, device, set_to_none=True):
+    """A function that takes one ``step()`` of ``factory``'s optimizer over ``count`` tensors of
+    ``numel`` and returns its seconds. ``set_to_none``: each step gets new gradient tensors, as
     ``zero_grad()`` then ``backward()`` hand them over; else they are accumulated into the
     existing ``p.grad``, as after ``zero_grad(set_to_none=False)``."""
     gen = torch.Generator(device=device).manual_seed(0)
     params = [torch.randn(numel, device=device, generator=gen).requires_grad_() for _ in range(count)]
     fresh = [torch.randn(numel, device=device, generator=gen) * 1e-2 for _ in range(count)]
     opt = factory(params)
-    times = []
-    for _ in range(warmup + repeats):
+
+    def one() -> float:
         opt.zero_grad(set_to_none=set_to_none)  # outside the timed region, as the backward pass
         if set_to_none:
             for p, g in zip(params, fresh):
@@ -110,14 +111,27 @@ def time_step(factory, count, numel, device, repeats, set_to_none=True, warmup=3
         t0 = time.perf_counter()
         opt.step()
         sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[warmup:])
+        return time.perf_counter() - t0
+    return one
+
+
+def time_against(base_factory, factory, count, numel, device, repeats, set_to_none=True, warmup=3):
+    """``(median seconds of factory's step, median of its per-step ratio to base_factory's)``, the
+    two optimizers stepping in alternation, so a slow spell of the machine hits both."""
+    base, row = (stepper(f, count, numel, device, set_to_none) for f in (base_factory, factory))
+    times, ratios = [], []
+    for i in range(warmup + repeats):
+        b, t = base(), row()
+        if i >= warmup:
+            times.append(t)
+            ratios.append(t / b)
+    return statistics.median(times), statistics.median(ratios)
 
 
 def timed_table(title, rows, workloads, device, repeats, set_to_none):
     """Print one table per workload; ``{(workload, optimizer, implementation): x torch fused Adam}``.
-    torch's fused Adam is timed again right before each row, and the row's ratio is to that
-    time: a slow drift of the machine over the table does not enter the ratios."""
+    Each row steps in alternation with torch's fused Adam, and its ratio is the median of the
+    per-step ratios (:func:`time_against`): a slow spell of the machine does not enter it."""
     results = {}
     for wname, (count, numel) in workloads.items():
         print(f"\n### {title}: {wname} tensors, {count} x {numel:,} = {count * numel / 1e6:.1f}M parameters\n")
@@ -125,12 +139,11 @@ def timed_table(title, rows, workloads, device, repeats, set_to_none):
         print("|---|---|---|---|---|")
         for name, impl, factory in rows:
             try:
-                base = time_step(TORCH_FUSED_ADAM[2], count, numel, device, repeats, set_to_none)
-                t = time_step(factory, count, numel, device, repeats, set_to_none)
+                t, ratio = time_against(TORCH_FUSED_ADAM[2], factory, count, numel, device, repeats, set_to_none)
             except (RuntimeError, TypeError, ValueError) as e:  # e.g. a fused kernel missing on this device
                 print(f"| {name} | {impl} | n/a ({type(e).__name__}) | | |")
                 continue
-            ratio = results[(wname, name, impl)] = t / base
+            results[(wname, name, impl)] = ratio
             per_byte = ratio * FLOOR["Adam"] / FLOOR[name]
             print(f"| {name} | {impl} | {t * 1e3:.2f} | {ratio:.2f} | {per_byte:.2f} |")
     return results
