@@ -219,10 +219,9 @@ class BregmanAccelerated(_SingleGroup):
         s = self._init_state(group)
         states = [self.state[p] for p in self._params]
         entropy = group["mirror"] == "entropy"
-        sharded = _sharding.first_dtensor(self._params)
-        reduce = None if sharded is None else _sharding.sum_over_shards(sharded)
+        reduce = _sharding.reducer(self._params)  # FSDP2: inner products summed over the shards
         if entropy:
-            if sharded is not None:
+            if reduce is not None:
                 raise ValueError('mirror="entropy" does not take DTensor (FSDP2) parameters: it '
                                  "normalises along a dimension the shards may split")
             ys, zs = [st["y"] for st in states], [st["log_z"].exp() for st in states]

@@ -435,10 +435,8 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             value = -value
         for group in self.param_groups:
             if group["weight_decay"]:
-                sharded = _sharding.first_dtensor(group["params"])
                 ps = [_direction.real_view(p) for p in _sharding.local(group["params"])]
-                reduce = None if sharded is None else _sharding.sum_over_shards(sharded)
-                value += 0.5 * group["weight_decay"] * _direction.inner(ps, ps, reduce)
+                value += 0.5 * group["weight_decay"] * _direction.inner(ps, ps, _sharding.reducer(group["params"]))
         return value
 
     def _searched_step(self, closure):
@@ -467,7 +465,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         snapshot = _trials.StateSnapshot(self.state, all_params)
         params, x0, moves, grads, lrs = [], [], [], [], []
         sharded = _sharding.first_dtensor(all_params)  # FSDP2: the search runs on the local shards
-        reduce = None if sharded is None else _sharding.sum_over_shards(sharded)
+        reduce = _sharding.reducer(all_params)
         for group in self.param_groups:
             ps, gs, states, sparse = self._collect(group)
             if sparse:
@@ -475,7 +473,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             if not ps:
                 continue
             if sharded is not None:
-                ps, gs, states = _sharding.local(ps), _sharding.local(gs), _sharding.local_states(states)
+                ps, gs, states = _sharding.localized(ps, gs, states)
             ps, gs, d, lr = self._list_direction(group, self._tier(group), ps, gs, states, sharded=sharded)
             params += ps
             grads += gs
@@ -576,7 +574,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 continue
             sharded = _sharding.first_dtensor(params)
             if sharded is not None:  # FSDP2: the step on the local shards
-                params, grads, states = _sharding.local(params), _sharding.local(grads), _sharding.local_states(states)
+                params, grads, states = _sharding.localized(params, grads, states)
                 if tier == "flat" or (self.rule.group_wide and tier != "reference"):
                     tier = "foreach"  # one buffer cannot hold shards; a group-wide sum needs its all-reduce
             if tier == "flat":

@@ -36,6 +36,17 @@ def local_states(states: list[dict]) -> list[dict]:
     return [{k: v.to_local() if isinstance(v, DTensor) else v for k, v in s.items()} for s in states]
 
 
+def localized(params: list[Tensor], grads: list[Tensor], states: list[dict]):
+    """``(params, grads, states)`` of a step, each DTensor as its local shard."""
+    return local(params), local(grads), local_states(states)
+
+
+def reducer(tensors: list[Tensor]):
+    """:func:`sum_over_shards` for the DTensors among ``tensors``, or None where there are none."""
+    like = first_dtensor(tensors)
+    return None if like is None else sum_over_shards(like)
+
+
 def sum_over_shards(like: DTensor):
     """``x -> x`` summed over the mesh dimensions along which ``like`` is sharded (in place, an
     all-reduce per sharded dimension; replicated dimensions hold the same sum already)."""
