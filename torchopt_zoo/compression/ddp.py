@@ -70,7 +70,7 @@ class EFHookState:
         for key in ("process_group", "names", "_flat"):
             state.pop(key)
         # views of the flat buffers would each pickle their whole buffer
-        state["vectors"] = {n: {k: v.clone() for k, v in vs.items()} for n, vs in self.vectors.items()}
+        state["vectors"] = _copy(self.vectors)
         return state
 
     def __setstate__(self, state):
@@ -86,15 +86,16 @@ class EFHookState:
         return dist.get_rank(self._group()), dist.get_world_size(self._group())
 
     def state_dict(self) -> dict:
-        """This rank's state: the method's vectors per parameter name (copies), the counters, Rand-K's
-        draw count, and the rank and world size it belongs to; tensors and plain values only."""
+        """This rank's state: the method's vectors per parameter name (copies), the counters (Rand-K's
+        draws follow the step count), and the rank and world size it belongs to; tensors and plain
+        values only."""
         where = self._rank_and_world()
         if where is None:
             raise RuntimeError("EFHookState.state_dict() needs the process group initialised: it records "
                                "the rank the state belongs to")
         out = {key: getattr(self, key) for key in self._SAVED}
         out["rank"], out["world_size"] = where
-        out["vectors"] = {n: {k: v.clone() for k, v in vs.items()} for n, vs in self.vectors.items()}
+        out["vectors"] = _copy(self.vectors)
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -116,7 +117,7 @@ class EFHookState:
                              f"this one has method={self.method!r}")
         for key in self._SAVED:
             setattr(self, key, state_dict[key])
-        self.vectors = {n: {k: v.clone() for k, v in vs.items()} for n, vs in state_dict["vectors"].items()}
+        self.vectors = _copy(state_dict["vectors"])
         self._flat = {}
 
     def register(self, ddp_model, hook) -> None:
@@ -165,20 +166,17 @@ class EFHookState:
         if indices is None:  # dense (unknown compressor)
             target.add_(self.all_reduce_mean(values))
             return
-        if isinstance(self.compressor, RandK):  # same indices on every rank: gather the values only
-            self._count(values)
-            all_values = [torch.empty_like(values) for _ in range(world)]
-            dist.all_gather(all_values, values, group=self._group())
-            for v in all_values:  # rank by rank: the same sums whatever the bucket layout
-                target.index_add_(0, indices, v, alpha=1 / world)
-            return
-        idx32 = indices.to(torch.int32)
-        self._count(values, idx32)
         all_values = [torch.empty_like(values) for _ in range(world)]
-        all_idx = [torch.empty_like(idx32) for _ in range(world)]
         dist.all_gather(all_values, values, group=self._group())
-        dist.all_gather(all_idx, idx32, group=self._group())
-        for v, i in zip(all_values, all_idx):  # one rank's indices per call: distinct, so deterministic
+        if isinstance(self.compressor, RandK):  # the same indices on every rank: only the values go
+            self._count(values)
+            all_idx = [indices] * world
+        else:
+            idx32 = indices.to(torch.int32)
+            self._count(values, idx32)
+            all_idx = [torch.empty_like(idx32) for _ in range(world)]
+            dist.all_gather(all_idx, idx32, group=self._group())
+        for v, i in zip(all_values, all_idx):  # rank by rank: the same sums whatever the bucket layout
             target.index_add_(0, i.long(), v, alpha=1 / world)
 
     def compress(self, x: Tensor, names: tuple[str, ...], sizes: list[int]) -> tuple[Tensor, Optional[Tensor]]:
@@ -247,6 +245,12 @@ class EFHookState:
         _add(e, values, idx, alpha=-1.0)
         self.add_mean_of_compressed(grad.zero_(), values, idx)
         return grad
+
+
+def _copy(vectors: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
+    """The method's vectors per parameter name, each its own tensor (not a view of a flat buffer,
+    which would save or pickle the whole buffer)."""
+    return {n: {k: v.clone() for k, v in vs.items()} for n, vs in vectors.items()}
 
 
 def _add(target: Tensor, values: Tensor, indices: Optional[Tensor], alpha: float = 1.0) -> None:

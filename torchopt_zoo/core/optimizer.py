@@ -299,7 +299,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         group's address tables still hold its parameters, state and (new) gradients
         (:meth:`~torchopt_zoo.tiers.table.TableBucket.holds`); one launch. False where not taken."""
         bucket = self._group_tables.get(id(group))
-        if bucket is None or torch.compiler.is_compiling() or bucket.holds(group["params"], self.state) is None:
+        if bucket is None or torch.compiler.is_compiling() or not bucket.holds(group["params"], self.state):
             return False
         self._launch(group, bucket, grad_scale, found_inf)
         return True

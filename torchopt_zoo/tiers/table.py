@@ -94,25 +94,23 @@ class TableBucket:
         got = self._get_state(state)
         return got if isinstance(got, tuple) else (got,)
 
-    def holds(self, params: list[Tensor], state_of: dict) -> list[Tensor] | None:
+    def holds(self, params: list[Tensor], state_of: dict) -> bool:
         """The steady-state check, before any per-parameter Python work: every one of ``params``
         (a whole param group, as when the bucket was built) still has the address the tables hold
         and a gradient the tables can take (loaded, see :meth:`load`), and ``state_of`` (the
         optimizer's state) still maps each to the same state dict holding the same tensors.
-        Returns the gradients, or None where the slow path must look (a rebound parameter, a
-        missing or sparse gradient, replaced or reloaded state)."""
+        False where the slow path must look (a rebound parameter, a missing or sparse gradient,
+        replaced or reloaded state)."""
         if len(params) != len(self._param_addresses):
-            return None
-        grads = [p.grad for p in params]
+            return False
         try:
-            same = ([p.data_ptr() for p in params] == self._param_addresses
+            return ([p.data_ptr() for p in params] == self._param_addresses
                     and all(map(operator.is_, map(state_of.get, params), self._dicts))
                     and all(map(operator.is_, chain.from_iterable(map(self._tuple_of_state, self._dicts)),
                                 self._state_tensors))
-                    and self.load(grads))
+                    and self.load([p.grad for p in params]))
         except (AttributeError, KeyError, RuntimeError):  # no gradient, a sparse one, a state key gone
-            return None
-        return grads if same else None
+            return False
 
     def matches(self, params: list[Tensor], states: list[dict]) -> bool:
         """Whether the tables still hold these parameters' and states' addresses (O(n) host work;
