@@ -7,8 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import torchopt_zoo as torch_zoo
-from conftest import CONFIGS, config_id
+from conftest import CONFIGS, PERTURBATIONS, config_id, perturbed_run
 
 pytest.importorskip("triton")
 
@@ -81,45 +80,7 @@ def test_amp_found_inf_skips_the_table_step_on_the_device(cfg, monkeypatch):
     assert float(opt.state[params[0]]["step"]) == 1.0
 
 
-def perturbed_run(perturb, **tier):
-    """Adam over three tensors for four steps; ``perturb(opt, params, step)`` runs before each
-    step's gradients are set (a rebound parameter, a replaced state tensor, a frozen tensor)."""
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=gen).requires_grad_() for s in ((5,), (3, 4), (7,))]
-    grads = [[torch.randn(p.shape, generator=gen) for p in params] for _ in range(4)]
-    opt = torch_zoo.Adam(params, lr=0.1, **tier)
-    steady = False
-    for step, gs in enumerate(grads):
-        opt.zero_grad()
-        steady |= bool(opt._group_tables)
-        perturb(opt, params, step)
-        for p, g in zip(params, gs):
-            if p.requires_grad:
-                p.grad = g.clone()
-        opt.step()
-    return params, steady
-
-
-def rebind_parameter(opt, params, step):
-    if step == 2:
-        params[1].data = params[1].data.clone()
-
-
-def replace_state_tensor(opt, params, step):
-    if step == 2:
-        opt.state[params[0]]["exp_avg"] = opt.state[params[0]]["exp_avg"].clone()
-
-
-def freeze_then_thaw(opt, params, step):
-    params[2].requires_grad_(step != 2)
-
-
-def reload_state(opt, params, step):
-    if step == 2:
-        opt.load_state_dict(opt.state_dict())
-
-
-@pytest.mark.parametrize("perturb", [rebind_parameter, replace_state_tensor, freeze_then_thaw, reload_state])
+@pytest.mark.parametrize("perturb", PERTURBATIONS)
 def test_the_steady_state_check_sees_what_changed(perturb, monkeypatch):
     """The steady-state path checks the parameters' addresses and the state objects before it
     launches over the old tables: each change takes the slow path (and new tables) and the run

@@ -42,6 +42,7 @@ from ..stepsize import trials as _trials
 from ..stepsize.backtracking import Backtracking
 from ..tiers import flat as _fused
 from ..tiers import table as _table
+from ..tiers import cpu as _cpu
 from ..tiers import torch_fused as _torch_fused
 from . import direction as _direction
 from . import sharding as _sharding
@@ -271,9 +272,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
 
     def _kernel_step(self, group, params, grads, states, grad_scale, found_inf):
         """The default tier: every part of the group (one device and dtype) for which the rule has a
-        single-pass kernel takes it, over the user's own tensors: the rule's Triton kernel over
-        address tables where Triton runs (CUDA; :mod:`torchopt_zoo.tiers.table`), torch's fused
-        kernel where torch has one (CPU; :mod:`torchopt_zoo.tiers.torch_fused`). Returns the
+        single-pass kernel takes it, over the user's own tensors: one call over address tables
+        (:meth:`_table_step`: the rule's Triton kernel on CUDA, its C kernel on CPU), else torch's
+        fused kernel where torch has one (:mod:`torchopt_zoo.tiers.torch_fused`). Returns the
         parameters, gradients and states left for the multi-tensor tier."""
         # the group's tables hold device step counters that this step may leave behind (a frozen
         # tensor steps no more): the steady state is taken again only by tables built from now on
@@ -295,39 +296,37 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         return rest
 
     def _table_fast(self, group, grad_scale, found_inf) -> bool:
-        """The default tier's steady state on CUDA, before any per-parameter Python work: the
-        group's address tables still hold its parameters, state and (new) gradients
-        (:meth:`~torchopt_zoo.tiers.table.TableBucket.holds`); one launch. False where not taken."""
+        """The default tier's steady state, before any per-parameter Python work: the group's
+        address table still holds its parameters, state and (new) gradients
+        (:meth:`~torchopt_zoo.tiers.table.AddressTable.holds`); one call. False where not taken."""
         bucket = self._group_tables.get(id(group))
         if bucket is None or torch.compiler.is_compiling() or not bucket.holds(group["params"], self.state):
             return False
-        self._launch(group, bucket, grad_scale, found_inf)
-        return True
+        return bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf) is not False
 
     def _table_step(self, group, params, grads, states, grad_scale, found_inf) -> bool:
-        """One launch of the rule's Triton kernel over address tables, where Triton runs for the
-        parameters' device and dtype; False where it does not take them."""
+        """One call of the rule's kernel over address tables: its Triton kernel where Triton runs
+        for the parameters' device and dtype (:class:`~torchopt_zoo.tiers.table.TableBucket`), its
+        C kernel on CPU (:class:`~torchopt_zoo.tiers.cpu.CpuTable`); False where neither takes them."""
         first = params[0]
-        if self.rule.launches is None or not _fused.use_triton(first.device, first.dtype):
-            return False
         key = (id(group), first.device, first.dtype)
         bucket = self._tables.get(key)
         if bucket is None or not bucket.matches(params, states):
             self._tables.pop(key, None)
-            bucket = _table.TableBucket.build(self.rule, params, states)
+            if self.rule.launches is not None and _fused.use_triton(first.device, first.dtype):
+                bucket = _table.TableBucket.build(self.rule, params, states)
+            else:
+                bucket = _cpu.CpuTable.build(self.rule, group, params, states)
             if bucket is None:
                 return False
             self._tables[key] = bucket
         if not bucket.load(grads):
             return False
+        if bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf) is False:
+            return False
         if len(params) == len(group["params"]):  # the whole group: the next step tries it first
             self._group_tables[id(group)] = bucket
-        self._launch(group, bucket, grad_scale, found_inf)
         return True
-
-    def _launch(self, group, bucket, grad_scale, found_inf) -> None:
-        from ..tiers import triton as _triton  # only where Triton runs
-        _triton.step(self.rule, group, bucket, self._shared_state(group), grad_scale, found_inf)
 
     def _fused_fast(self, group, grad_scale, found_inf) -> bool:
         """The fused step on the O(1) path, where nothing changed since the last step; False if not taken."""

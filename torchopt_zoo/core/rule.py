@@ -29,6 +29,31 @@ class Launch:
 
 
 @dataclass(frozen=True)
+class CKernel:
+    """A rule's step in C, for the CPU kernels (:mod:`torchopt_zoo.tiers.cpu`; the template
+    ``cpu_step.c`` says what each piece may use).
+
+    ``element``: the per-element update of ``p`` and the state tensors ``S0, S1, S2`` (``states``,
+    in that order), with ``g`` the prepared gradient, ``lr_t`` the learning rate, ``k0..k4`` the
+    first five of ``scalars(group)`` and ``u0..u3`` the tensor's own scalars. ``tensor``: per
+    tensor, after its step count ``t`` was advanced, those scalars into ``ui[0..3]`` from ``t``,
+    ``lr`` and ``k[0..7]`` (doubles), and updates of its 0-dim state ``Z(0)..``.
+    ``reduce_term``/``reduced``: a group-wide sum of ``reduce_term`` over every element, handed to
+    ``reduced`` as ``total`` before the element pass, which may update ``*group_scalar`` (the
+    tensor ``group_scalar(group_state)``) and set ``R`` for the element code. ``flags(group)``:
+    compile-time options (``-DNAME=value``)."""
+
+    element: str
+    states: tuple[str, ...] = ()
+    scalars: Callable = lambda group: ()
+    tensor: str = ""
+    flags: Callable = lambda group: {}
+    reduce_term: str = ""
+    reduced: str = ""
+    group_scalar: Callable | None = None
+
+
+@dataclass(frozen=True)
 class Rule:
     """One direction rule, as every tier runs it.
 
@@ -43,6 +68,8 @@ class Rule:
     ``prologue(group, bucket, found_inf)``: device-side work on the bucket's 0-dim state before
     the launches (NAdam's ``mu_product``). ``torch_kernel(group, bucket, grad, lr)``: torch's own
     single-pass kernel for the CPU flat buckets, returning False where torch has none.
+    ``cpu``: the rule's step in C (:class:`CKernel`), the default tier on CPU where torch has no
+    kernel for the rule.
 
     ``sparse(group, p, grad, state, t, lr)``: the whole step of one parameter whose gradient is
     sparse (torch's sparse Adagrad and SGD), None where the rule refuses sparse gradients.
@@ -64,6 +91,7 @@ class Rule:
     torch_kernel: Callable | None = None
     group_wide: bool = False
     sparse: Callable | None = None
+    cpu: CKernel | None = None
 
 
 # Every registered optimizer class, in the order the rule modules register them. Each has the class

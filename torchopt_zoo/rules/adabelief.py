@@ -7,10 +7,11 @@ import torch
 
 from ..core.direction import Direction, real_view
 from ..core.state import zeros_state
-from ..core.rule import Rule, register
+from ..core.rule import CKernel, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
-from .adam import EXP_AVG, AdamFamily, adam_launch, adam_step, moments_list, scaling, scaling_list
+from .adam import (C_BIAS, EXP_AVG, AdamFamily, adam_launch, adam_step, c_adam_step, c_flags, c_scalars, moments_list,
+                   scaling, scaling_list)
 
 EXP_AVG_VAR = "exp_avg_var"
 
@@ -58,7 +59,16 @@ def launches(group, bucket, group_state):
     return [adam_launch(kernel, group, bucket, (EXP_AVG, EXP_AVG_VAR))]
 
 
-RULE = Rule("adabelief", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_VAR), launches=launches)
+CPU = CKernel("""
+    const T m = lerp(S0[j], g, k2);
+    S0[j] = m;
+    const T r = g - m;
+    const T v = (S1[j] * k1 + k3 * r * r) + k4;
+    S1[j] = v;
+""" + c_adam_step("m"), (EXP_AVG, EXP_AVG_VAR), c_scalars, C_BIAS, c_flags)
+
+RULE = Rule("adabelief", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_VAR), launches=launches,
+            cpu=CPU)
 
 
 @register

@@ -10,7 +10,7 @@ from .._validation import check_range
 from ..core.direction import Direction, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
 
@@ -65,7 +65,17 @@ def launches(group, bucket, group_state):
     return [Launch(kernel, (bucket.flats[SQUARE_AVG], bucket.flats[ACC_DELTA]), (group["rho"], group["eps"]))]
 
 
-RULE = Rule("adadelta", reference, foreach, floor_bytes=28, state=(SQUARE_AVG, ACC_DELTA), launches=launches)
+CPU = CKernel("""
+    const T v = S0[j] * k0 + k1 * g * g;
+    S0[j] = v;
+    const T u = S1[j];
+    const T delta = sqrt(u + k2) / sqrt(v + k2) * g;
+    S1[j] = u * k0 + k1 * delta * delta;
+    p = p - lr_t * delta;
+""", (SQUARE_AVG, ACC_DELTA), lambda group: (group["rho"], 1 - group["rho"], group["eps"]))
+
+RULE = Rule("adadelta", reference, foreach, floor_bytes=28, state=(SQUARE_AVG, ACC_DELTA), launches=launches,
+            cpu=CPU)
 
 
 @register

@@ -8,7 +8,7 @@ import torch
 from .._validation import as_float, check_range
 from ..core.direction import Direction, per_step, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..core.state import state_dtype
 from ..tiers.triton import jit, tl
@@ -81,8 +81,14 @@ def sparse(group, p, g, state, t, lr):
     p.add_(rows(values / std), alpha=-lr / (1 + (t - 1) * group["lr_decay"]))
 
 
+CPU = CKernel("""
+    const T s = S0[j] + g * g;
+    S0[j] = s;
+    p = p + u0 * (g / (sqrt(s) + k1));
+""", (SUM,), lambda group: (group["lr_decay"], group["eps"]), "ui[0] = -lr * (1 / (1 + (t - 1) * k[0]));")
+
 RULE = Rule("adagrad", reference, foreach, floor_bytes=20, state=(SUM,), launches=launches,
-            torch_kernel=torch_kernel, sparse=sparse)
+            torch_kernel=torch_kernel, sparse=sparse, cpu=CPU)
 
 
 @register

@@ -8,7 +8,7 @@ import torch
 from .._validation import check_range
 from ..core.direction import Direction
 from ..core.optimizer import ZooOptimizer
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..core.sharding import SUM_OVER_SHARDS
 from ..tiers import triton as T
 from ..core.state import state_dtype
@@ -61,7 +61,11 @@ def launches(group, bucket, group_state):
     return [Launch(kernel, b2, (), {"NORM_PASS": True}), Launch(kernel, b2, (), {"NORM_PASS": False})]
 
 
-RULE = Rule("adagrad_norm", reference, foreach, floor_bytes=16, state=(), launches=launches, group_wide=True)
+CPU = CKernel("p = p - lr_t * (g / R);", reduce_term="g * g", reduced="*group_scalar += (T)total; R = sqrt(*group_scalar);",
+              group_scalar=lambda group_state: group_state[NORM_SUM_SQ])
+
+RULE = Rule("adagrad_norm", reference, foreach, floor_bytes=16, state=(), launches=launches, group_wide=True,
+            cpu=CPU)
 
 
 @register

@@ -16,7 +16,7 @@ from .._validation import check_betas, check_choice, check_range
 from ..core.direction import Direction, one_minus_pow, per_step, real_view, sqrt, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
 
@@ -75,6 +75,41 @@ def adam_launch(kernel, group, bucket, keys, **flags) -> Launch:
     return Launch(kernel, tuple(bucket.flats.get(k) for k in keys),
                   (beta1, beta2, T.log2(beta1), T.log2(beta2), group["eps"]),
                   {"EPS_ORIGINAL": group.get("eps_mode", "torch") == "original", **flags})
+
+
+def c_scalars(group) -> tuple:
+    """``k0..k4`` of the Adam-family C kernels: ``b1, b2, 1-b1, 1-b2, eps``."""
+    beta1, beta2 = group["betas"]
+    return beta1, beta2, 1 - beta1, 1 - beta2, group["eps"]
+
+
+def c_flags(group) -> dict:
+    return {"EPS_ORIGINAL": group.get("eps_mode", "torch") == "original"}
+
+
+# C: u0 = -lr times the step's coefficient, u1 = the divisor of sqrt(v) (as scaling() takes them)
+C_BIAS = """
+    const double bc1 = 1 - pow(k[0], t), bc2 = 1 - pow(k[1], t);
+#if EPS_ORIGINAL
+    ui[0] = -lr * (sqrt(bc2) / bc1);
+    ui[1] = 1;
+#else
+    ui[0] = -lr * (1 / bc1);
+    ui[1] = sqrt(bc2);
+#endif
+"""
+# C: m = lerp(m, g, 1-b1) in S0, v = b2 v + (1-b2) g^2 in S1
+C_MOMENTS = """
+    const T m = lerp(S0[j], g, k2);
+    S0[j] = m;
+    T v = S1[j] * k1 + k3 * g * g;
+    S1[j] = v;
+"""
+
+
+def c_adam_step(num: str) -> str:
+    """C: ``p -= lr coef num / (sqrt(v)/sqrt(bc2) + eps)`` (:func:`scaling`, ``u0``/``u1`` from :data:`C_BIAS`)."""
+    return f"p = p + u0 * (({num}) / (sqrt(v) / u1 + k4));"
 
 
 class AdamFamily(ZooOptimizer):
@@ -169,8 +204,16 @@ def torch_kernel(group):
     return run
 
 
+CPU = CKernel(C_MOMENTS + """
+#if AMSGRAD
+    v = maximum(S2[j], v);
+    S2[j] = v;
+#endif
+""" + c_adam_step("m"), (EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ), c_scalars, C_BIAS,
+              lambda group: {**c_flags(group), "AMSGRAD": group["amsgrad"]})
+
 RULE = Rule("adam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ),
-            launches=launches, torch_kernel=torch_kernel)
+            launches=launches, torch_kernel=torch_kernel, cpu=CPU)
 
 
 @register

@@ -8,10 +8,10 @@ import torch
 
 from ..core.direction import Direction, one_minus_pow, per_step, real_view, state_tensors
 from ..core.state import zeros_state
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
-from .adam import EXP_AVG, AdamFamily
+from .adam import EXP_AVG, AdamFamily, c_scalars
 
 EXP_INF = "exp_inf"
 
@@ -59,7 +59,15 @@ def launches(group, bucket, group_state):
                    (beta1, beta2, T.log2(beta1), group["eps"]))]
 
 
-RULE = Rule("adamax", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_INF), launches=launches)
+CPU = CKernel("""
+    const T m = lerp(S0[j], g, k2);
+    S0[j] = m;
+    const T u = maximum(S1[j] * k1, fabs(g) + k4);
+    S1[j] = u;
+    p = p + u0 * (m / u);
+""", (EXP_AVG, EXP_INF), c_scalars, "ui[0] = -lr * (1 / (1 - pow(k[0], t)));")
+
+RULE = Rule("adamax", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_INF), launches=launches, cpu=CPU)
 
 
 @register

@@ -8,10 +8,11 @@ import torch
 
 from ..core.direction import Direction, real_view, state_tensors
 from ..core.state import zeros_state
-from ..core.rule import Rule, register
+from ..core.rule import CKernel, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
-from .adam import EXP_AVG, EXP_AVG_SQ, AdamFamily, adam_launch, adam_step, moments_list, scaling, scaling_list
+from .adam import (C_BIAS, C_MOMENTS, EXP_AVG, EXP_AVG_SQ, AdamFamily, adam_launch, adam_step, c_adam_step, c_flags,
+                   c_scalars, moments_list, scaling, scaling_list)
 
 PREVIOUS_GRAD = "previous_grad"
 
@@ -69,8 +70,13 @@ def launches(group, bucket, group_state):
     return [adam_launch(kernel, group, bucket, (EXP_AVG, EXP_AVG_SQ, PREVIOUS_GRAD))]
 
 
+CPU = CKernel(C_MOMENTS + """
+    const T xi = sigmoid(fabs(S2[j] - g));
+    S2[j] = g;
+""" + c_adam_step("m * xi"), (EXP_AVG, EXP_AVG_SQ, PREVIOUS_GRAD), c_scalars, C_BIAS, c_flags)
+
 RULE = Rule("diffgrad", reference, foreach, floor_bytes=36, state=(EXP_AVG, EXP_AVG_SQ, PREVIOUS_GRAD),
-            launches=launches)
+            launches=launches, cpu=CPU)
 
 
 @register

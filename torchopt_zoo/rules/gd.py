@@ -10,7 +10,7 @@ from .._validation import check_choice, check_range
 from ..core.direction import Direction, apply_reference, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
 
@@ -116,8 +116,20 @@ def sparse(group, p, g, state, t, lr):
     apply_reference([p], reference(group, [p], [g.to_dense()], [state], [t]), lr)
 
 
+CPU = CKernel("""
+#if MOMENTUM
+    const T buf = u0 != 0 ? g : S0[j] * k0 + k1 * g;  /* the first step: buf = g */
+    S0[j] = buf;
+    const T d = NESTEROV ? g + k0 * buf : buf;
+#else
+    const T d = g;
+#endif
+    p = p - lr_t * d;
+""", (MOMENTUM_BUFFER,), lambda group: (group["momentum"], 1 - group["dampening"]), "ui[0] = t == 1;",
+              lambda group: {"MOMENTUM": group["momentum"] > 0, "NESTEROV": group["nesterov"]})
+
 RULE = Rule("gd", reference, foreach, floor_bytes=12, state=(MOMENTUM_BUFFER,), launches=launches,
-            torch_kernel=torch_kernel, sparse=sparse)
+            torch_kernel=torch_kernel, sparse=sparse, cpu=CPU)
 
 
 @register

@@ -12,7 +12,7 @@ from .._validation import check_betas
 from ..core.direction import Direction, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
 
@@ -59,7 +59,14 @@ def launches(group, bucket, group_state):
     return [Launch(kernel, (bucket.flats[EXP_AVG],), tuple(group["betas"]))]
 
 
-RULE = Rule("lion", reference, foreach, floor_bytes=20, state=(EXP_AVG,), launches=launches)
+CPU = CKernel("""
+    const T m = S0[j];
+    const T c = m * k0 + k2 * g;
+    S0[j] = m * k1 + k3 * g;
+    p = p - lr_t * sign(c);
+""", (EXP_AVG,), lambda group: (*group["betas"], 1 - group["betas"][0], 1 - group["betas"][1]))
+
+RULE = Rule("lion", reference, foreach, floor_bytes=20, state=(EXP_AVG,), launches=launches, cpu=CPU)
 
 
 @register

@@ -13,10 +13,10 @@ import torch
 from .._validation import check_range
 from ..core.direction import Direction, one_minus_pow, real_view
 from ..core.state import scalar_dtype, zeros_state
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
-from .adam import EXP_AVG, EXP_AVG_SQ, AdamFamily, moments_list
+from .adam import C_MOMENTS, EXP_AVG, EXP_AVG_SQ, AdamFamily, c_scalars, moments_list
 
 MU_PRODUCT = "mu_product"  # 0-dim, per parameter, as torch keeps it
 
@@ -108,8 +108,18 @@ def prologue(group, bucket, found_inf):
     bucket.scalars[MU_PRODUCT].mul_(mu)
 
 
+CPU = CKernel(C_MOMENTS + """
+    p = p - lr_t * ((g * u0 + m * u1) / (sqrt(v / u2) + k4));
+""", (EXP_AVG, EXP_AVG_SQ), lambda group: (*c_scalars(group), group["momentum_decay"]), """
+    const double mu = k[0] * (1 - 0.5 * pow(0.96, t * k[5])), mu_next = k[0] * (1 - 0.5 * pow(0.96, (t + 1) * k[5]));
+    Z(0) = Z(0) * (step_t)mu;  /* mu_product */
+    ui[0] = (1 - mu) / (1 - (double)Z(0));
+    ui[1] = mu_next / (1 - (double)Z(0) * mu_next);
+    ui[2] = 1 - pow(k[1], t);
+""")
+
 RULE = Rule("nadam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), scalar_state=(MU_PRODUCT,),
-            launches=launches, prologue=prologue)
+            launches=launches, prologue=prologue, cpu=CPU)
 
 
 @register

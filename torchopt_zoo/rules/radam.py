@@ -13,10 +13,10 @@ import torch
 
 from ..core.direction import Direction, one_minus_pow, real_view
 from ..core.state import zeros_state
-from ..core.rule import Rule, register
+from ..core.rule import CKernel, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
-from .adam import EXP_AVG, EXP_AVG_SQ, AdamFamily, adam_launch, moments_list
+from .adam import C_MOMENTS, EXP_AVG, EXP_AVG_SQ, AdamFamily, adam_launch, c_scalars, moments_list
 
 
 def _rectification(beta2: float, t: float) -> float | None:
@@ -107,7 +107,23 @@ def launches(group, bucket, group_state):
     return [adam_launch(kernel, group, bucket, (EXP_AVG, EXP_AVG_SQ))]
 
 
-RULE = Rule("radam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), launches=launches)
+CPU = CKernel(C_MOMENTS + """
+    p = p + u0 * (m / (u1 != 0 ? sqrt(v) + k4 : (T)1));
+""", (EXP_AVG, EXP_AVG_SQ), c_scalars, """
+    const double bc1 = 1 - pow(k[0], t), b2t = pow(k[1], t);
+    const double rho_inf = 2 / (1 - k[1]) - 1;
+    const double rho_t = rho_inf - 2 * t * b2t / (1 - b2t);
+    if (rho_t > 5.0) {  /* rectified: u0 = -lr r sqrt(bc2) / bc1 */
+        const double r = sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t));
+        ui[0] = -lr * (r * sqrt(1 - b2t) / bc1);
+        ui[1] = 1;
+    } else {
+        ui[0] = -lr * (1 / bc1);
+        ui[1] = 0;
+    }
+""")
+
+RULE = Rule("radam", reference, foreach, floor_bytes=28, state=(EXP_AVG, EXP_AVG_SQ), launches=launches, cpu=CPU)
 
 
 @register

@@ -11,7 +11,7 @@ from .._validation import check_choice, check_range
 from ..core.direction import Direction, real_view, state_tensors
 from ..core.optimizer import ZooOptimizer
 from ..core.state import zeros_state
-from ..core.rule import Launch, Rule, register
+from ..core.rule import CKernel, Launch, Rule, register
 from ..tiers import triton as T
 from ..tiers.triton import jit, tl
 
@@ -91,8 +91,29 @@ def launches(group, bucket, group_state):
                    {"CENTERED": group["centered"], "MOMENTUM": group["momentum"] > 0})]
 
 
+CPU = CKernel("""
+    const T v = S0[j] * k0 + k1 * g * g;
+    S0[j] = v;
+#if CENTERED
+    const T ga = lerp(S1[j], g, k1);
+    S1[j] = ga;
+    const T avg = sqrt(v - ga * ga) + k2;
+#else
+    const T avg = sqrt(v) + k2;
+#endif
+#if MOMENTUM
+    const T buf = S2[j] * k3 + g / avg;
+    S2[j] = buf;
+    p = p - lr_t * buf;
+#else
+    p = p - lr_t * (g / avg);
+#endif
+""", (SQUARE_AVG, GRAD_AVG, MOMENTUM_BUFFER), lambda group: (group["alpha"], 1 - group["alpha"], group["eps"],
+                                                            group["momentum"]),
+              flags=lambda group: {"CENTERED": group["centered"], "MOMENTUM": group["momentum"] > 0})
+
 RULE = Rule("rmsprop", reference, foreach, floor_bytes=20, state=(SQUARE_AVG, GRAD_AVG, MOMENTUM_BUFFER),
-            launches=launches)
+            launches=launches, cpu=CPU)
 
 
 @register

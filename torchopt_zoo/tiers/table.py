@@ -36,7 +36,71 @@ def _upload(values: list[int], device: torch.device) -> Tensor:
     return table.to(device)
 
 
-class TableBucket:
+class AddressTable:
+    """What a one-call step over the user's own tensors checks before each step: the parameters'
+    addresses, the state dicts and the state tensors in them (``keys`` and ``scalar_keys``), by
+    identity, and the new gradients (:meth:`load`, with :meth:`_take` storing their addresses).
+    :class:`TableBucket` (Triton, CUDA) and :class:`~torchopt_zoo.tiers.cpu.CpuTable` (C, CPU)
+    build on it."""
+
+    def _remember(self, params: list[Tensor], states: list[dict]) -> None:
+        self.addresses = self._addresses(params, states)
+        self._grad_addresses = None
+        # what the steady-state check compares: the parameters' addresses, the state dicts and the
+        # state tensors in them (the optimizer's own objects) by identity
+        self._param_addresses = self.addresses[:len(params)]
+        self._dicts = list(states)
+        self._get_state = operator.itemgetter(*self.keys, *self.scalar_keys)
+        self._state_tensors = list(chain.from_iterable(map(self._tuple_of_state, states)))
+
+    def _addresses(self, params, states) -> list[int]:
+        keys = (*self.keys, *self.scalar_keys)
+        return [p.data_ptr() for p in params] + [s[k].data_ptr() for s in states for k in keys]
+
+    def _tuple_of_state(self, state: dict) -> tuple:
+        got = self._get_state(state)
+        return got if isinstance(got, tuple) else (got,)
+
+    def holds(self, params: list[Tensor], state_of: dict) -> bool:
+        """The steady-state check, before any per-parameter Python work: every one of ``params``
+        (a whole param group, as when the table was built) still has the address the table holds
+        and a gradient the table can take (loaded, see :meth:`load`), and ``state_of`` (the
+        optimizer's state) still maps each to the same state dict holding the same tensors.
+        False where the slow path must look (a rebound parameter, a missing or sparse gradient,
+        replaced or reloaded state)."""
+        if len(params) != len(self._param_addresses):
+            return False
+        try:
+            return ([p.data_ptr() for p in params] == self._param_addresses
+                    and all(map(operator.is_, map(state_of.get, params), self._dicts))
+                    and all(map(operator.is_, chain.from_iterable(map(self._tuple_of_state, self._dicts)),
+                                self._state_tensors))
+                    and self.load([p.grad for p in params]))
+        except (AttributeError, KeyError, RuntimeError):  # no gradient, a sparse one, a state key gone
+            return False
+
+    def matches(self, params: list[Tensor], states: list[dict]) -> bool:
+        """Whether the table still holds these parameters' and states' addresses (O(n) host work;
+        a parameter rebound to other storage, of any dtype, has another address)."""
+        return self._addresses(params, states) == self.addresses
+
+    def load(self, grads: list[Tensor]) -> bool:
+        """Point the gradient table at ``grads``, stored again only when an address changed (then
+        the gradients are checked); False where a gradient is not a dense contiguous tensor of the
+        parameters' dtype."""
+        addresses = [g.data_ptr() for g in grads]
+        if addresses != self._grad_addresses:
+            if any(g.dtype != self.dtype or g.layout != torch.strided or not g.is_contiguous() for g in grads):
+                return False
+            self._take(addresses)
+            self._grad_addresses = addresses
+        return True
+
+    def _take(self, addresses: list[int]) -> None:
+        raise NotImplementedError
+
+
+class TableBucket(AddressTable):
     """Address tables for one step of a rule over ``params`` (one device and dtype) and ``states``.
     Build it with :meth:`build`, which returns None where the parameters cannot share one launch
     (different step counts, or state that is missing or not shaped like its parameter)."""
@@ -60,14 +124,8 @@ class TableBucket:
         self.chunks = _upload(rows, self.device)
         self.param = _upload([p.data_ptr() for p in params], self.device)
         self.flats = {k: _upload([s[k].data_ptr() for s in states], self.device) for k in keys}
-        self.addresses = self._addresses(params, states)
-        self.grad, self._grad_addresses = None, None
-        # what the steady-state check compares: the parameters' addresses, the state dicts and the
-        # state tensors in them (the optimizer's own objects) by identity
-        self._param_addresses = self.addresses[:len(params)]
-        self._dicts = list(states)
-        self._get_state = operator.itemgetter(*keys, *self.scalar_keys)
-        self._state_tensors = list(chain.from_iterable(map(self._tuple_of_state, states)))
+        self.grad = None
+        self._remember(params, states)
 
     @classmethod
     def build(cls, rule, params: list[Tensor], states: list[dict]) -> TableBucket | None:
@@ -86,44 +144,9 @@ class TableBucket:
                 return None
         return cls(rule, params, states, keys)
 
-    def _addresses(self, params, states) -> list[int]:
-        keys = (*self.keys, *self.scalar_keys)
-        return [p.data_ptr() for p in params] + [s[k].data_ptr() for s in states for k in keys]
+    def _take(self, addresses: list[int]) -> None:
+        self.grad = _upload(addresses, self.device)
 
-    def _tuple_of_state(self, state: dict) -> tuple:
-        got = self._get_state(state)
-        return got if isinstance(got, tuple) else (got,)
-
-    def holds(self, params: list[Tensor], state_of: dict) -> bool:
-        """The steady-state check, before any per-parameter Python work: every one of ``params``
-        (a whole param group, as when the bucket was built) still has the address the tables hold
-        and a gradient the tables can take (loaded, see :meth:`load`), and ``state_of`` (the
-        optimizer's state) still maps each to the same state dict holding the same tensors.
-        False where the slow path must look (a rebound parameter, a missing or sparse gradient,
-        replaced or reloaded state)."""
-        if len(params) != len(self._param_addresses):
-            return False
-        try:
-            return ([p.data_ptr() for p in params] == self._param_addresses
-                    and all(map(operator.is_, map(state_of.get, params), self._dicts))
-                    and all(map(operator.is_, chain.from_iterable(map(self._tuple_of_state, self._dicts)),
-                                self._state_tensors))
-                    and self.load([p.grad for p in params]))
-        except (AttributeError, KeyError, RuntimeError):  # no gradient, a sparse one, a state key gone
-            return False
-
-    def matches(self, params: list[Tensor], states: list[dict]) -> bool:
-        """Whether the tables still hold these parameters' and states' addresses (O(n) host work;
-        a parameter rebound to other storage, of any dtype, has another address)."""
-        return self._addresses(params, states) == self.addresses
-
-    def load(self, grads: list[Tensor]) -> bool:
-        """Point the gradient table at ``grads``, uploaded again only when an address changed (then
-        the gradients are checked); False where a gradient is not a dense contiguous tensor of the
-        parameters' dtype."""
-        addresses = [g.data_ptr() for g in grads]
-        if addresses != self._grad_addresses:
-            if any(g.dtype != self.dtype or g.layout != torch.strided or not g.is_contiguous() for g in grads):
-                return False
-            self.grad, self._grad_addresses = _upload(addresses, self.device), addresses
-        return True
+    def step(self, rule, group: dict, group_state: dict, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        from . import triton as _triton  # only where Triton runs
+        _triton.step(rule, group, self, group_state, grad_scale, found_inf)
