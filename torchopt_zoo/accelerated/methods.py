@@ -38,8 +38,12 @@ def _rising(start: int, count: int) -> float:
 
 
 class _SingleGroup(PicklesAttributes, torch.optim.Optimizer):
-    """Shared plumbing: one param group, a closure, and global scalar state under a string key
-    (saved by ``state_dict()`` like any state)."""
+    """Shared plumbing: one param group, a closure, and the method's scalar state under a string
+    key in the state of the first parameter (saved by ``state_dict()`` like any state, and mapped
+    to that parameter by distributed checkpoints). The state is made at construction
+    (:meth:`_init_state`), so ``torch.distributed.checkpoint``'s template holds every key without
+    calling ``step()`` (which needs a closure); the sequences start from the parameters as they
+    are at the first step."""
 
     _state_key = ""
     _pickled = ("line_search",)
@@ -49,13 +53,27 @@ class _SingleGroup(PicklesAttributes, torch.optim.Optimizer):
         if len(self.param_groups) != 1:
             raise ValueError(f"{type(self).__name__} takes one parameter group (the method is "
                              "defined on the whole parameter vector)")
+        self._init_state(self.param_groups[0])
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        legacy = self.state.pop(self._state_key, None)  # where older versions kept the scalars
+        if isinstance(legacy, dict):
+            self.state[self._params[0]][self._state_key] = legacy
 
     @property
     def _params(self) -> list[Tensor]:
         return self.param_groups[0]["params"]
 
     def _scalars(self, **initial) -> dict:
-        return self.state.setdefault(self._state_key, dict(initial))
+        return self.state[self._params[0]].setdefault(self._state_key, dict(initial))
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.state.get(self._params[0], {}).get(self._state_key, {}))
+
+    def _init_state(self, group) -> dict:
+        raise NotImplementedError
 
     def _gradient(self, closure, copy: bool = True) -> tuple[Tensor, list[Tensor]]:
         """``closure()`` with gradients enabled at the current parameters; the grads, copied
@@ -89,20 +107,14 @@ class _SingleGroup(PicklesAttributes, torch.optim.Optimizer):
     def _guarded(self, step, closure):
         """Run ``step(closure)``; if it raises (a closure that raises, an interrupted search), the
         parameters go back to ``y`` and the scalar state to what it was, then the error propagates."""
-        saved = copy.deepcopy(self.state.get(self._state_key))
-        fresh = [p for p in self._params if "y" not in self.state.get(p, {})]
+        saved = copy.deepcopy(self.stats)
         try:
             return step(closure)
         except BaseException:
             ys = [self.state[p].get("y") for p in self._params]
             if all(y is not None for y in ys):
                 self._set(ys)
-            for p in fresh:  # state made by this step goes again
-                self.state.pop(p, None)
-            if saved is None:
-                self.state.pop(self._state_key, None)
-            else:
-                self.state[self._state_key] = saved
+            self.state[self._params[0]][self._state_key] = saved
             raise
 
 
@@ -166,17 +178,18 @@ class BregmanAccelerated(_SingleGroup):
     def stats(self) -> dict:
         """``k``, ``A``, the current ``L``, ``max_L`` used, and counts of gradient and function
         evaluations, line-search failures and restarts."""
-        return dict(self.state.get(self._state_key, {}))
+        return super().stats
 
-    def _init_state(self, group) -> dict:
+    def _init_state(self, group, stepping: bool = False) -> dict:
         s = self._scalars(k=0, A=0.0, L=group["L"], max_L=0.0, gradient_evals=0,
                           function_evals=0, failures=0, restarts=0, f_y=None)
         for p in self._params:
             st = self.state[p]
-            if "y" in st:
-                continue
+            if "y" in st and s["gradient_evals"]:
+                continue  # z and y start from the parameters as they are at the first step
             if group["mirror"] == "entropy":
-                _check_simplex(p)
+                if stepping:
+                    _check_simplex(p)
                 st["log_z"] = torch.log(p.detach().clamp_min(torch.finfo(p.dtype).tiny))
             else:
                 st["z"] = p.detach().clone()
@@ -216,7 +229,7 @@ class BregmanAccelerated(_SingleGroup):
 
     def _step(self, closure):
         group = self._start(closure)
-        s = self._init_state(group)
+        s = self._init_state(group, stepping=True)
         states = [self.state[p] for p in self._params]
         entropy = group["mirror"] == "entropy"
         reduce = _sharding.reducer(self._params)  # FSDP2: inner products summed over the shards
@@ -360,7 +373,15 @@ class HigherOrderAccelerated(_SingleGroup):
     def stats(self) -> dict:
         """``k``, the current ``M``, and counts of gradient evaluations, Hessian-vector products,
         forward evaluations and failed model checks."""
-        return dict(self.state.get(self._state_key, {}))
+        return super().stats
+
+    def _init_state(self, group) -> dict:
+        s = self._scalars(k=0, M=group["M"], gradient_evals=0, hvps=0, function_evals=0, failures=0)
+        for p in self._params:
+            st = self.state[p]
+            if "y" not in st or not s["gradient_evals"]:  # x0 and y: the parameters at the first step
+                st["x0"], st["y"], st["u"] = p.detach().clone(), p.detach().clone(), torch.zeros_like(p)
+        return s
 
     def _loss_and_grad(self, closure, create_graph: bool):
         with torch.enable_grad():
@@ -430,12 +451,8 @@ class HigherOrderAccelerated(_SingleGroup):
         if _sharding.first_dtensor(self._params) is not None:
             raise ValueError("HigherOrderAccelerated does not take DTensor (FSDP2) parameters: its "
                              "Hessian-vector products and cubic subproblem run on whole tensors")
-        s = self._scalars(k=0, M=group["M"], gradient_evals=0, hvps=0, function_evals=0,
-                          failures=0)
+        s = self._init_state(group)
         states = [self.state[p] for p in self._params]
-        for p, st in zip(self._params, states):
-            if "y" not in st:
-                st["x0"], st["y"], st["u"] = p.detach().clone(), p.detach().clone(), torch.zeros_like(p)
         k, ls = s["k"], self.line_search
         us = [st["u"] for st in states]
         unorm = math.sqrt(inner(us, us))

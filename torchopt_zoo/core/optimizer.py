@@ -50,6 +50,9 @@ from .rule import Rule
 from .state import LOW_PRECISION, scalar_dtype, state_dtype
 
 STAT_KEYS = ("steps", "function_evals", "gradient_evals", "trials", "failures", "fallbacks")
+# what one searched step reports (``line_search_stats["last"]``), as it stands before the first
+LAST_STEP = {"alpha": 0.0, "trials": 0, "function_evals": 0, "gradient_evals": 0, "success": False, "reason": "",
+             "fallback": False}
 
 FUSED = (None, True, False, "flat")  # the values of ``fused``: torch's, plus the opt-in flat buffers
 
@@ -62,10 +65,6 @@ TIERS = {
 class FlatBuffersWarning(UserWarning):
     """``fused="flat"`` could not move a param group into flat buffers; the step took the
     multi-tensor tier (the message says why)."""
-
-
-def _copy_stats(stats: dict) -> dict:
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in stats.items()}
 
 
 class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
@@ -123,6 +122,15 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_group(merged)
         super().add_param_group(param_group)
+        if self.line_search is not None:
+            # a searched step's state exists from the start, so a distributed checkpoint's template
+            # (torch.distributed.checkpoint.state_dict, which otherwise makes it by calling
+            # step() without the closure these optimizers need) holds every key
+            group = self.param_groups[-1]
+            for p in group["params"]:
+                self._make_state(p, group)
+            if self.param_groups[0]["params"]:
+                self._line_search_state()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A state_dict from torch.optim (or an older zoo version) may lack our keys.
@@ -131,8 +139,12 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         self._fused = {}  # loaded state tensors are no longer views of the flat buffers
         self._tables, self._group_tables = {}, {}
         self.__dict__.setdefault("_step_supports_amp_scaling", self.line_search is None)
-        if isinstance(self.state.get("line_search"), dict):  # never share it with the source
-            self.state["line_search"] = _copy_stats(self.state["line_search"])
+        legacy = self.state.pop("line_search", None)  # where older versions kept the counters
+        if self.param_groups and self.param_groups[0]["params"]:
+            first = self.param_groups[0]["params"][0]
+            stats = legacy if isinstance(legacy, dict) else self.state.get(first, {}).get("line_search")
+            if isinstance(stats, dict):  # never share it with the source
+                self.state[first]["line_search"] = {k: v for k, v in stats.items() if k != "last"}
         keys = self.__dict__.get("_group_keys") or [k for k in self.defaults if k != "differentiable"]
         for group in self.param_groups:
             for key in keys:
@@ -194,16 +206,20 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
                 _torch_fused.check_fused_device(p)
             if g.is_sparse and self.rule.sparse is None:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            state = self.state[p]
-            if "step" not in state:
-                # state loaded from an optimizer that keeps no step (torch's SGD): it has stepped
-                stepped = any(key in state for key in self.rule.state)
-                state["step"] = torch.tensor(float(stepped), dtype=scalar_dtype(),
-                                             device=p.device if group["capturable"] else None)
-                for key, value in self._new_state(p, group).items():
-                    state.setdefault(key, value)
+            self._make_state(p, group)
             (sparse_params if g.is_sparse else params).append(p)
             (sparse_grads if g.is_sparse else grads).append(g)
+
+    def _make_state(self, p: Tensor, group) -> None:
+        """``p``'s state where it has none: ``step`` and the rule's :meth:`_new_state`."""
+        state = self.state[p]
+        if "step" not in state:
+            # state loaded from an optimizer that keeps no step (torch's SGD): it has stepped
+            stepped = any(key in state for key in self.rule.state)
+            state["step"] = torch.tensor(float(stepped), dtype=scalar_dtype(),
+                                         device=p.device if group["capturable"] else None)
+            for key, value in self._new_state(p, group).items():
+                state.setdefault(key, value)
 
     def _collect(self, group):
         """Parameters with a dense gradient, their gradients and their states, and ``(p, grad,
@@ -418,13 +434,17 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         """Counters of the line search: totals over all steps (``steps``, ``function_evals``,
         ``gradient_evals``, ``trials``, ``failures``, ``fallbacks``), ``alpha`` (the last accepted
         step, which the reset policy starts from) and ``last`` (the same for the last step, with
-        its ``success`` and ``reason``). Saved by ``state_dict()``."""
-        return _copy_stats(self._line_search_state())
+        its ``success`` and ``reason``). The totals and ``alpha`` are saved by ``state_dict()``, in
+        the state of the first parameter (so distributed checkpoints, which map state to
+        parameters, carry them); ``last`` is this object's last step (torch's ``load_state_dict``
+        cannot carry the ``reason`` string: it rebuilds strings in state as iterables)."""
+        return {**self._line_search_state(), "last": dict(self.__dict__.get("_last_search", LAST_STEP))}
 
     def _line_search_state(self) -> dict[str, Any]:
-        if "line_search" not in self.state:
-            self.state["line_search"] = {"alpha": None, **dict.fromkeys(STAT_KEYS, 0), "last": {}}
-        return self.state["line_search"]
+        state = self.state[self.param_groups[0]["params"][0]]
+        if "line_search" not in state:
+            state["line_search"] = {"alpha": None, **dict.fromkeys(STAT_KEYS, 0)}
+        return state["line_search"]
 
     def _objective(self, loss) -> float:
         """The searched objective at the current parameters: ``+-loss`` (``maximize``) plus
@@ -528,7 +548,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         return self._finish_search(stats, last, loss)
 
     def _finish_search(self, stats, last, loss):
-        stats["last"] = last
+        self._last_search = last
         stats["steps"] += 1
         for key in ("function_evals", "gradient_evals", "trials"):
             stats[key] += last[key]

@@ -38,7 +38,8 @@ from torch import Tensor
 from .table import AddressTable
 
 _TEMPLATE = Path(__file__).with_name("cpu_step.c")
-_TYPES = {torch.float32: "float", torch.float64: "double"}
+# C's type per parameter dtype; complex parameters step as their real views (as every tier does)
+_TYPES = {torch.float32: "float", torch.float64: "double", torch.complex64: "float", torch.complex128: "double"}
 _LOCK = threading.Lock()
 _LIBRARIES: dict[tuple, object] = {}  # key -> the compiled function, or None where compiling failed
 _WARNED: set[str] = set()
@@ -108,7 +109,7 @@ def _build(src: str, defines: dict, key: str):
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             c_file, so_file = Path(tmp) / "step.c", Path(tmp) / "step.so"
             c_file.write_text(src)
-            command = [_compiler(), "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+            command = [_compiler(), "-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
                        "-fPIC", "-shared", "-std=gnu11", *(f"-D{k}={v}" for k, v in defines.items()),
                        str(c_file), "-o", str(so_file), "-lm"]
             if "LIBMVEC" in defines:
@@ -159,19 +160,22 @@ class CpuTable(AddressTable):
         for key in rule.scalar_state:
             columns += [s[key].data_ptr() for s in states]
         self.table = array("q", columns)
-        self.numel = array("q", [p.numel() for p in params])
+        self.numel = array("q", [p.numel() * (2 if p.is_complex() else 1) for p in params])
         self._remember(params, states)
 
     @classmethod
     def build(cls, rule, group: dict, params: list[Tensor], states: list[dict]) -> CpuTable | None:
         """The table, where the kernel takes these tensors: a rule with a C step that compiles,
-        real float32/float64 contiguous CPU parameters, state tensors of their shape and dtype
-        (the same keys for every parameter), step counts of one dtype on the CPU."""
+        float32/float64 (or complex64/complex128: their real views) contiguous CPU parameters,
+        state tensors of their shape and dtype (the same keys for every parameter), step counts
+        of one real dtype on the CPU."""
         first = params[0]
         if rule.cpu is None or first.device.type != "cpu" or first.dtype not in _TYPES or not enabled():
             return None
         keys = [k for k in rule.cpu.states if k in states[0]]
         step_dtype = states[0]["step"].dtype
+        if step_dtype not in (torch.float32, torch.float64):
+            return None
         for p, state in zip(params, states):
             if not p.is_contiguous() or any(k not in state for k in (*keys, *rule.scalar_state)):
                 return None
