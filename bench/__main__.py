@@ -30,6 +30,7 @@ QUESTIONS = {
     "diffgrad": "diffGrad vs Adam on a small CNN (Dubey et al.)",
     "batch_growth": "Adaptive batch sizes (AdAdaGrad, Lau, Liu & Kolar)",
     "compression": "Error feedback: bits to accuracy (EF14, EF21, EF21-W, EControl)",
+    "distributed": "FSDP2 and the DDP hooks in 2 processes",
     "schedules": "Linear decay vs cosine vs refinement (Defazio et al.)",
     "step_speed": "Step speed vs torch.optim and pytorch_optimizer",
 }

@@ -2,7 +2,10 @@
 (2 or 3 gloo processes, each with its share of the batch; 3 shard the 10-row layer unevenly) against the same optimizer on the unsharded
 MLP fed the whole batch; and a ``torch.distributed.checkpoint`` save at step 5, loaded into a new
 model and optimizer, against the uninterrupted run. Then the searched steps (line search, the
-accelerated method) with a collective closure, against the unsharded run. Rank 0 saves
+accelerated method) with a collective closure, against the unsharded run and resumed from a
+distributed checkpoint; AdAdaGrad's batch tests over the shards' columns of the per-sample
+gradients, against the whole gradient's, and AdAdaGrad(-Norm) runs; and distributed checkpoints of a DDP
+model's optimizers. Rank 0 saves
 ``{case: (max |diff|, resumed bitwise or None where not checkpointed)}``."""
 
 import sys
@@ -101,8 +104,110 @@ for case, make in SEARCHED.items():
     ref = mlp()
     train_searched(ref, make(ref.parameters()), range(STEPS), slice(None))
     model = sharded()
-    train_searched(model, make(model.parameters()), range(STEPS), mine)
-    results[case] = (max(float((a - b).abs().max()) for a, b in zip(full(model), full(ref))), None)
+    opt = make(model.parameters())
+    train_searched(model, opt, range(SAVE_AT), mine)
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=f"{ckpt}/{case}")
+    train_searched(model, opt, range(SAVE_AT, STEPS), mine)
+    diff = max(float((a - b).abs().max()) for a, b in zip(full(model), full(ref)))
+    resumed = sharded()
+    train_searched(resumed, make(resumed.parameters()), range(SAVE_AT), mine)
+    resumed_opt = make(resumed.parameters())  # a new optimizer: DCP's template without a step
+    state = {"optim": get_optimizer_state_dict(resumed, resumed_opt)}
+    dcp.load(state, checkpoint_id=f"{ckpt}/{case}")
+    set_optimizer_state_dict(resumed, resumed_opt, state["optim"])
+    train_searched(resumed, resumed_opt, range(SAVE_AT, STEPS), mine)
+    bitwise = all(torch.equal(a, b) for a, b in zip(full(resumed), full(model)))
+    stats = getattr(opt, "line_search_stats", None) or opt.stats
+    resumed_stats = getattr(resumed_opt, "line_search_stats", None) or resumed_opt.stats
+    same = {k: v for k, v in stats.items() if k != "last"} == {k: v for k, v in resumed_stats.items() if k != "last"}
+    results[case] = (diff, bitwise and same)
+
+
+# AdAdaGrad's batch tests over sharded gradients: each rank passes its shards' columns of the
+# per-sample gradients (of the whole batch, from the unsharded model), the test sums over shards
+def per_sample(model_ref, t):
+    loss_fn = torch.nn.functional.mse_loss
+    return zoo.batch.per_sample_gradients(model_ref, loss_fn, X[t], Y[t])[1]
+
+
+for test in zoo.batch.TESTS:
+    for statistics in ("global", "per_tensor"):
+        ref = mlp()
+        G = per_sample(ref, 0)
+        model = sharded()
+        params = list(model.parameters())
+        sizes = [p.numel() for p in ref.parameters()]
+        local_sizes = [p.to_local().numel() for p in params]
+        whole = zoo.batch.statistic(test, G, sizes=sizes if statistics == "per_tensor" else None)
+        like = params[0]
+        shards = zoo.batch.statistic(test, zoo.batch.local_columns(G, params),
+                                     sizes=local_sizes if statistics == "per_tensor" else None,
+                                     sum_shards=zoo.core.sharding.sum_over_shards(like),
+                                     max_shards=zoo.core.sharding.sum_over_shards(like, dist.ReduceOp.MAX))
+        results[f"statistic {test} {statistics}"] = (abs(shards - whole) / abs(whole), None)
+
+for cls, test in ((zoo.AdAdaGrad, "inner_product"), (zoo.AdAdaGradNorm, "norm")):
+    case = f"{cls.__name__} {test}"
+
+    def make(ps):
+        return cls(ps, lr=0.05, test=test, eta=0.05, theta=0.05, initial_batch_size=2, max_batch_size=10**6)
+
+    def train_batch(model, opt, steps, rows, reference):
+        for t in steps:
+            G = per_sample(reference, t)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(X[t, rows]), Y[t, rows]).backward()
+            opt.step(per_sample_grads=G if model is reference else zoo.batch.local_columns(G, list(model.parameters())))
+            if model is not reference:  # the reference follows the sharded model's parameters
+                with torch.no_grad():
+                    for a, b in zip(reference.parameters(), full(model)):
+                        a.copy_(b)
+
+    ref = mlp()
+    ref_opt = make(ref.parameters())
+    train_batch(ref, ref_opt, range(STEPS), slice(None), ref)
+    model, follower = sharded(), mlp()
+    opt = make(model.parameters())
+    train_batch(model, opt, range(SAVE_AT), mine, follower)
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=f"{ckpt}/{case}")
+    train_batch(model, opt, range(SAVE_AT, STEPS), mine, follower)
+    diff = max(float((a - b).abs().max()) for a, b in zip(full(model), full(ref)))
+    resumed, follower = sharded(), mlp()
+    train_batch(resumed, make(resumed.parameters()), range(SAVE_AT), mine, follower)
+    resumed.zero_grad()
+    resumed_opt = make(resumed.parameters())
+    state = {"optim": get_optimizer_state_dict(resumed, resumed_opt)}
+    dcp.load(state, checkpoint_id=f"{ckpt}/{case}")
+    set_optimizer_state_dict(resumed, resumed_opt, state["optim"])
+    train_batch(resumed, resumed_opt, range(SAVE_AT, STEPS), mine, follower)
+    bitwise = all(torch.equal(a, b) for a, b in zip(full(resumed), full(model)))
+    same_batch = opt.batch.history == ref_opt.batch.history == resumed_opt.batch.history and len(ref_opt.batch.history) > 1
+    results[case] = (diff if same_batch else float("inf"), bitwise)
+# Distributed checkpoints of a DDP model (replicated parameters): every optimizer, a searched one,
+# the accelerated method and AdAdaGrad resume bitwise
+def ddp_model():
+    return torch.nn.parallel.DistributedDataParallel(mlp())
+
+
+DDP_CASES = {f"DDP {cls.__name__}": (lambda ps, cls=cls: cls(ps, lr=1e-2), train) for cls in zoo.OPTIMIZERS}
+DDP_CASES["DDP Adam+Armijo"] = (SEARCHED["Adam+Armijo"], train_searched)
+DDP_CASES["DDP BregmanAccelerated+DescentLemma"] = (SEARCHED["BregmanAccelerated+DescentLemma"], train_searched)
+DDP_CASES["DDP AdAdaGrad"] = (lambda ps: zoo.AdAdaGrad(ps, lr=1e-2), train)
+for case, (make, run) in DDP_CASES.items():
+    model = ddp_model()
+    opt = make(model.parameters())
+    run(model, opt, range(SAVE_AT), mine)
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=f"{ckpt}/{case}")
+    run(model, opt, range(SAVE_AT, STEPS), mine)
+    resumed = ddp_model()
+    run(resumed, make(resumed.parameters()), range(SAVE_AT), mine)
+    resumed.zero_grad()
+    resumed_opt = make(resumed.parameters())
+    state = {"optim": get_optimizer_state_dict(resumed, resumed_opt)}
+    dcp.load(state, checkpoint_id=f"{ckpt}/{case}")
+    set_optimizer_state_dict(resumed, resumed_opt, state["optim"])
+    run(resumed, resumed_opt, range(SAVE_AT, STEPS), mine)
+    results[case] = (0.0, all(torch.equal(a, b) for a, b in zip(resumed.parameters(), model.parameters())))
 if rank == 0:
     torch.save(results, out)
 dist.destroy_process_group()

@@ -37,22 +37,19 @@ import torch
 from torch import Tensor
 
 from ._validation import check_choice, check_flag, check_int, check_range
+from .core import sharding as _sharding
 from .rules import Adagrad, AdaGradNorm
 
 TESTS = ("norm", "inner_product", "orthogonality", "augmented", "coordinate")
 STATISTICS = ("global", "per_tensor")
 
 
-def _check_grads(grads: Tensor, samples_per_row: int) -> tuple[Tensor, Tensor]:
+def _check_grads(grads: Tensor, samples_per_row: int) -> Tensor:
     if grads.dim() != 2 or grads.shape[0] < 2:
         raise ValueError("the batch tests need at least 2 per-sample (or per-micro-batch) gradients "
                          f"as a (rows, d) tensor; got shape {tuple(grads.shape)}")
     check_int("samples_per_row", samples_per_row, 1)
-    G = grads.detach().to(torch.float64)
-    mean = G.mean(0)
-    if float(mean @ mean) == 0.0:
-        raise ValueError("the mean gradient is zero (|g| = 0): the batch tests are undefined there")
-    return G, mean
+    return grads.detach().to(torch.float64)
 
 
 def _sample_var(X: Tensor) -> Tensor:
@@ -60,33 +57,51 @@ def _sample_var(X: Tensor) -> Tensor:
     return X.var(0, unbiased=True)
 
 
+def _unreduced(x: Tensor) -> Tensor:
+    return x
+
+
 def statistic(test: str, grads: Tensor, samples_per_row: int = 1, *, eta: float = 0.1,
               theta: float = 0.1, nu: float = 0.1, coordinate_floor: float = 1e-3,
-              sizes: list[int] | None = None) -> float:
+              sizes: list[int] | None = None, sum_shards=None, max_shards=None) -> float:
     """The batch size a test asks for (before ``max(b, .)`` and the cap), as a real number.
     ``sizes``: the numbers of entries of the parameter tensors whose gradients the columns of
     ``grads`` hold, in order; given, the inner-product and orthogonality statistics are the
-    authors' per-tensor ones (see the module docstring)."""
+    authors' per-tensor ones (see the module docstring).
+
+    Sharded gradients (FSDP2): each rank passes the columns of its shards (``sizes`` then the
+    local shards' sizes) and ``sum_shards``/``max_shards``, in-place sums and maxima of a float64
+    tensor over the ranks holding the other columns; every sum over coordinates (norms, inner
+    products, summed variances) is taken over the shards, so each rank gets the statistic of the
+    whole gradient."""
     check_choice("test", test, TESTS)
     for name, value in (("eta", eta), ("theta", theta), ("nu", nu)):
         check_range(name, value, 0.0, low_open=True)
     check_range("coordinate_floor", coordinate_floor, 0.0, 1.0)
-    G, g = _check_grads(grads, samples_per_row)
+    total, largest = sum_shards or _unreduced, max_shards or _unreduced
+    G = _check_grads(grads, samples_per_row)
+    g = G.mean(0)
     m = samples_per_row
-    gg = float(g @ g)
+    gg = float(total(g @ g))
+    if gg == 0.0:
+        raise ValueError("the mean gradient is zero (|g| = 0): the batch tests are undefined there")
     if test == "norm":
-        return m * float(_sample_var(G).sum()) / (eta ** 2 * gg)
+        return m * float(total(_sample_var(G).sum())) / (eta ** 2 * gg)
     if test == "coordinate":
-        keep = g.abs() > coordinate_floor * float(g.abs().max())
-        return m * float((_sample_var(G)[keep] / g[keep] ** 2).max()) / eta ** 2
+        keep = g.abs() > coordinate_floor * float(largest(g.abs().max()))
+        ratio = (_sample_var(G)[keep] / g[keep] ** 2).max() if bool(keep.any()) else torch.zeros((), dtype=G.dtype)
+        return m * float(largest(ratio)) / eta ** 2
     if sizes is not None and sum(sizes) != G.shape[1]:
         raise ValueError(f"Invalid sizes: they add up to {sum(sizes)}; the gradients have {G.shape[1]} columns")
     blocks = [(G, g)] if sizes is None else list(zip(G.split(sizes, 1), g.split(sizes)))
-    inner = m * sum(float(_sample_var((Gj @ gj)[:, None])[0]) for Gj, gj in blocks) / (theta ** 2 * gg ** 2)
+    dots = total(torch.stack([Gj @ gj for Gj, gj in blocks], 1))  # (rows, blocks): <g_i^j, g^j>
+    norms = total(torch.stack([gj @ gj for _, gj in blocks]))  # |g^j|^2
+    inner = m * float(_sample_var(dots).sum()) / (theta ** 2 * gg ** 2)
     if test == "inner_product":
         return inner
-    ortho = m * sum(float(_sample_var(Gj - ((Gj @ gj) / (gj @ gj))[:, None] * gj).sum())
-                    for Gj, gj in blocks if float(gj @ gj) > 0) / (nu ** 2 * gg)
+    spread = torch.stack([_sample_var(Gj - (dots[:, j] / norms[j])[:, None] * gj).sum() if float(norms[j]) > 0
+                          else torch.zeros((), dtype=G.dtype) for j, (Gj, gj) in enumerate(blocks)]).sum()
+    ortho = m * float(total(spread)) / (nu ** 2 * gg)
     return ortho if test == "orthogonality" else max(inner, ortho)
 
 
@@ -120,16 +135,19 @@ class AdaptiveBatchSize:
         self.size = initial
         self.history = [initial]
 
-    def update(self, grads: Tensor, samples_per_row: int = 1, sizes: list[int] | None = None) -> int:
+    def update(self, grads: Tensor, samples_per_row: int = 1, sizes: list[int] | None = None,
+               sum_shards=None, max_shards=None) -> int:
         """Apply the test to ``grads`` (rows, d); a single row (an epoch's last batch of one
         sample) carries no variance estimate, so the size stays. ``history`` records the initial
-        size and each size the test moved to (bounded: the batch only grows, up to ``max``)."""
+        size and each size the test moved to (bounded: the batch only grows, up to ``max``).
+        ``sum_shards``/``max_shards``: for sharded columns, see :func:`statistic`."""
         if grads.dim() == 2 and grads.shape[0] == 1:
             return self.size
         if self.statistics == "per_tensor" and sizes is None:
             raise ValueError('statistics="per_tensor" needs sizes=: the entries of each parameter tensor')
         size = next_batch_size(self.test, grads, self.size, self.max, samples_per_row, **self.constants,
-                               sizes=sizes if self.statistics == "per_tensor" else None)
+                               sizes=sizes if self.statistics == "per_tensor" else None,
+                               sum_shards=sum_shards, max_shards=max_shards)
         if size != self.size:
             self.history.append(size)
         self.size = size
@@ -181,6 +199,37 @@ def micro_batch_gradients(model: torch.nn.Module, loss_fn: Callable, x: Tensor, 
     G = torch.stack(rows)
     _set_mean_grad(model, dict(model.named_parameters()), G.mean(0))
     return torch.stack(losses).mean(), G, m
+
+
+def local_columns(G: Tensor, params) -> Tensor:
+    """The columns of ``G`` (rows, d; the whole parameters' entries in order) that hold this
+    rank's shards of ``params`` (FSDP2's DTensors, sharded along dimension 0 as ``fully_shard``
+    shards them), in order: what ``step(per_sample_grads=...)`` takes on each rank."""
+    out, offset = [], 0
+    for p in params:
+        n = p.numel()
+        block = G[:, offset:offset + n]
+        offset += n
+        if isinstance(p, _sharding.DTensor):
+            local = p.to_local()
+            rows = p.shape[0]
+            per_row = n // rows if rows else 0
+            start = _shard_start(p)
+            block = block[:, start * per_row:(start + local.shape[0]) * per_row]
+        out.append(block)
+    return torch.cat(out, 1)
+
+
+def _shard_start(p) -> int:
+    """The first row of dimension 0 that this rank's shard of ``p`` holds (torch.chunk's split)."""
+    from torch.distributed.tensor.placement_types import Shard
+    (placement,) = p.placements
+    if not isinstance(placement, Shard) or placement.dim != 0:
+        raise ValueError(f"local_columns: a parameter placed as {p.placements}; fully_shard's Shard(0) is supported")
+    mesh = p.device_mesh
+    rank, world = mesh.get_local_rank(0), mesh.size(0)
+    chunk = -(-p.shape[0] // world)
+    return min(rank * chunk, p.shape[0])
 
 
 def _set_mean_grad(model, params, mean: Tensor) -> None:
@@ -256,9 +305,16 @@ class AdaptiveBatchSampler(torch.utils.data.Sampler):
 
 class _AdaptiveBatchMixin:
     """The optimizer owns an :class:`AdaptiveBatchSize`; ``step(per_sample_grads=G)`` takes the
-    optimizer step, then lets the test grow the batch. Its state is saved by ``state_dict()``."""
+    optimizer step, then lets the test grow the batch. Its state is saved by ``state_dict()``, in
+    the state of the first parameter (``"batch"``), made at construction with every parameter's
+    state, so distributed checkpoints carry it."""
 
     _pickled = ("line_search", "batch")
+    _state_at_construction = True
+
+    @property
+    def _batch_state(self) -> dict:
+        return self.state[self.param_groups[0]["params"][0]]
 
     def _init_batch(self, test, constants, initial_batch_size, max_batch_size, statistics="global"):
         check_int("initial_batch_size", initial_batch_size, 2)
@@ -268,27 +324,40 @@ class _AdaptiveBatchMixin:
                              f"initial_batch_size ({initial_batch_size})")
         self.batch = AdaptiveBatchSize(test, initial=initial_batch_size, max=max_batch_size,
                                        statistics=statistics, **constants)
-        self.state["batch"] = self.batch.state_dict()
+        self._batch_state["batch"] = self.batch.state_dict()
 
     def sampler(self, n: int, seed: int = 0, drop_last: bool = False) -> AdaptiveBatchSampler:
         return AdaptiveBatchSampler(n, self.batch, seed, drop_last)
 
     def step(self, closure=None, *, per_sample_grads: Tensor | None = None, samples_per_row: int = 1):
+        """The optimizer's step, then the batch test on ``per_sample_grads`` (rows, d): per-sample
+        (or per-micro-batch, ``samples_per_row=m``) gradients, one column per entry of the
+        parameters with a gradient, in the groups' order. Over FSDP2 (DTensor parameters) each
+        rank passes the columns of its own shards (:func:`local_columns`), and the test sums over
+        the shards: every rank takes the same size."""
         if per_sample_grads is not None and (not isinstance(per_sample_grads, Tensor) or per_sample_grads.dim() != 2):
             raise ValueError("per_sample_grads must be a (rows, d) tensor of per-sample (or per-micro-batch) "
                              f"gradients; got {getattr(per_sample_grads, 'shape', type(per_sample_grads).__name__)}")
         check_int("samples_per_row", samples_per_row, 1)
         loss = super().step(closure)
         if per_sample_grads is not None:  # its columns: the parameters with a gradient, in the groups' order
-            sizes = [p.numel() for g in self.param_groups for p in g["params"] if p.requires_grad]
-            self.batch.update(per_sample_grads, samples_per_row, sizes)
-        self.state["batch"] = self.batch.state_dict()
+            params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+            sharded = _sharding.first_dtensor(params)  # FSDP2: the columns of this rank's shards
+            sizes = [p.numel() for p in _sharding.local(params)]
+            self.batch.update(per_sample_grads, samples_per_row, sizes,
+                              *((None, None) if sharded is None else
+                                (_sharding.sum_over_shards(sharded),
+                                 _sharding.sum_over_shards(sharded, torch.distributed.ReduceOp.MAX))))
+        self._batch_state["batch"] = self.batch.state_dict()
         return loss
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        if "batch" in self.__dict__ and isinstance(self.state.get("batch"), dict):
-            self.batch.load_state_dict(self.state["batch"])
+        legacy = self.state.pop("batch", None)  # where older versions kept it
+        if isinstance(legacy, dict):
+            self._batch_state["batch"] = legacy
+        if "batch" in self.__dict__ and isinstance(self._batch_state.get("batch"), dict):
+            self.batch.load_state_dict(self._batch_state["batch"])
 
 
 class AdAdaGrad(_AdaptiveBatchMixin, Adagrad):

@@ -78,6 +78,9 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
     # such optimizers' gradient norms in l1, others in l2
     diagonal_adaptive: ClassVar[bool] = False
     _pickled = ("line_search", "_group_keys")
+    # every parameter's state made at construction (as with a line search): optimizers with state
+    # beyond their parameters' (AdAdaGrad's batch size) set it
+    _state_at_construction: ClassVar[bool] = False
 
     def __init__(self, params, defaults: dict[str, Any], line_search: Backtracking | None = None) -> None:
         if line_search is not None and not isinstance(line_search, Backtracking):
@@ -122,14 +125,15 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_group(merged)
         super().add_param_group(param_group)
-        if self.line_search is not None:
-            # a searched step's state exists from the start, so a distributed checkpoint's template
-            # (torch.distributed.checkpoint.state_dict, which otherwise makes it by calling
-            # step() without the closure these optimizers need) holds every key
+        if self.line_search is not None or self._state_at_construction:
+            # state that exists from the start, so a distributed checkpoint's template
+            # (torch.distributed.checkpoint.state_dict, which otherwise makes it by calling step()
+            # without the closure a searched step needs, and only where no state exists) holds
+            # every key
             group = self.param_groups[-1]
             for p in group["params"]:
                 self._make_state(p, group)
-            if self.param_groups[0]["params"]:
+            if self.param_groups[0]["params"] and self.line_search is not None:
                 self._line_search_state()
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -47,14 +47,15 @@ def reducer(tensors: list[Tensor]):
     return None if like is None else sum_over_shards(like)
 
 
-def sum_over_shards(like: DTensor):
-    """``x -> x`` summed over the mesh dimensions along which ``like`` is sharded (in place, an
-    all-reduce per sharded dimension; replicated dimensions hold the same sum already)."""
+def sum_over_shards(like: DTensor, op=dist.ReduceOp.SUM):
+    """``x -> x`` summed (or reduced by ``op``) over the mesh dimensions along which ``like`` is
+    sharded (in place, an all-reduce per sharded dimension; replicated dimensions hold the same
+    value already)."""
     mesh, placements = like.device_mesh, like.placements
 
     def reduce(x: Tensor) -> Tensor:
         for dim, placement in enumerate(placements):
             if placement.is_shard():
-                dist.all_reduce(x, group=mesh.get_group(dim))
+                dist.all_reduce(x, op=op, group=mesh.get_group(dim))
         return x
     return reduce
