@@ -183,6 +183,33 @@ for cls, test in ((zoo.AdAdaGrad, "inner_product"), (zoo.AdAdaGradNorm, "norm"))
     bitwise = all(torch.equal(a, b) for a, b in zip(full(resumed), full(model)))
     same_batch = opt.batch.history == ref_opt.batch.history == resumed_opt.batch.history and len(ref_opt.batch.history) > 1
     results[case] = (diff if same_batch else float("inf"), bitwise)
+# The entropic mirror on shards of whole rows: W (6 x 3), each row on the simplex, sharded by rows
+class Mixture(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.W = torch.nn.Parameter(torch.full((6, 3), 1 / 3, dtype=torch.float64))
+
+    def forward(self, x):  # float64: restart's comparison f(y_new) > f(y) sees no rounding of the shards' sum
+        return (x[:, :6].double() @ self.W).float()
+
+
+def mixture(shard):
+    model = Mixture()
+    return fully_shard(model) if shard else model
+
+
+for restart in (False, True):
+    case = f"BregmanAccelerated entropy restart={restart}"
+
+    def train_mixture(model, steps, rows):
+        opt = zoo.BregmanAccelerated(model.parameters(), mirror="entropy", L=5.0, restart=restart)
+        train_searched(model, opt, steps, rows)
+    ref, model = mixture(False), mixture(True)
+    train_mixture(ref, range(STEPS), slice(None))
+    train_mixture(model, range(STEPS), mine)
+    results[case] = (max(float((a - b).abs().max()) for a, b in zip(full(model), full(ref))), None)
+
+
 # Distributed checkpoints of a DDP model (replicated parameters): every optimizer, a searched one,
 # the accelerated method and AdAdaGrad resume bitwise
 def ddp_model():

@@ -53,6 +53,13 @@ def test_fsdp2_searched_steps_match_the_unsharded_run(fsdp_results, case):
     assert resumed
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_fsdp2_entropic_mirror_on_shards_of_whole_rows(fsdp_results, restart):
+    """mirror="entropy" normalises each row where it is: a parameter sharded by rows steps as the
+    unsharded one (10 steps, within 1e-5)."""
+    assert fsdp_results[f"BregmanAccelerated entropy restart={restart}"][0] <= 1e-5
+
+
 @pytest.mark.parametrize("test", zoo.batch.TESTS)
 @pytest.mark.parametrize("statistics", ["global", "per_tensor"])
 def test_fsdp2_batch_tests_over_the_shards_are_the_whole_gradients(fsdp_results, test, statistics):

@@ -150,12 +150,13 @@ def test_every_torch_scheduler_is_covered():
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_schedulers_drive_zoo_like_torch(name, digits):
-    # the zoo's default (fused) tier runs torch's own fused Adam kernel on CPU: bitwise equal
+    # the learning rates the scheduler sets are torch's exactly; the zoo's default tier (its C
+    # kernel on CPU) rounds its arithmetic as torch's fused kernel does up to the last bits
     mz, mt = make_model(), make_model()
     oz, ot = zoo.Adam(groups(mz)), torch.optim.Adam(groups(mt), fused=True)
     lz = train(mz, oz, digits, 30, scheduler=SCHEDULERS[name](oz))
     lt = train(mt, ot, digits, 30, scheduler=SCHEDULERS[name](ot))
-    assert lz == lt
+    torch.testing.assert_close(torch.tensor(lz), torch.tensor(lt), rtol=1e-5, atol=0)
     assert [g["lr"] for g in oz.param_groups] == [g["lr"] for g in ot.param_groups]
 
 

@@ -189,7 +189,7 @@ class BregmanAccelerated(_SingleGroup):
                 continue  # z and y start from the parameters as they are at the first step
             if group["mirror"] == "entropy":
                 if stepping:
-                    _check_simplex(p)
+                    _check_simplex(_sharding.local([p])[0])
                 st["log_z"] = torch.log(p.detach().clamp_min(torch.finfo(p.dtype).tiny))
             else:
                 st["z"] = p.detach().clone()
@@ -233,10 +233,11 @@ class BregmanAccelerated(_SingleGroup):
         states = [self.state[p] for p in self._params]
         entropy = group["mirror"] == "entropy"
         reduce = _sharding.reducer(self._params)  # FSDP2: inner products summed over the shards
-        if entropy:
-            if reduce is not None:
-                raise ValueError('mirror="entropy" does not take DTensor (FSDP2) parameters: it '
-                                 "normalises along a dimension the shards may split")
+        if entropy:  # FSDP2: each shard holds whole rows, normalised where they are
+            if _sharding.splits_last_dim(self._params):
+                raise ValueError('mirror="entropy" does not take a DTensor (FSDP2) parameter sharded along its '
+                                 "last dimension (a 1-D parameter): it normalises along that dimension")
+            states = _sharding.local_states(states)
             ys, zs = [st["y"] for st in states], [st["log_z"].exp() for st in states]
         else:
             params, zs, ys = self._vectors(group, states)

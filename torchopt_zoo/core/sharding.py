@@ -41,6 +41,13 @@ def localized(params: list[Tensor], grads: list[Tensor], states: list[dict]):
     return local(params), local(grads), local_states(states)
 
 
+def splits_last_dim(tensors: list[Tensor]) -> bool:
+    """Whether a DTensor among ``tensors`` is sharded along its last dimension (a 1-D parameter
+    under ``fully_shard``): a shard then holds parts of rows, not whole ones."""
+    return any(isinstance(t, DTensor) and any(p.is_shard() and p.dim % t.dim() == t.dim() - 1 for p in t.placements)
+               for t in tensors)
+
+
 def reducer(tensors: list[Tensor]):
     """:func:`sum_over_shards` for the DTensors among ``tensors``, or None where there are none."""
     like = first_dtensor(tensors)
