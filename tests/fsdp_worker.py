@@ -189,13 +189,15 @@ class Mixture(torch.nn.Module):
         super().__init__()
         self.W = torch.nn.Parameter(torch.full((6, 3), 1 / 3, dtype=torch.float64))
 
-    def forward(self, x):  # float64: restart's comparison f(y_new) > f(y) sees no rounding of the shards' sum
-        return (x[:, :6].double() @ self.W).float()
+    def forward(self, x):  # a float64 loss: restart's f(y_new) > f(y) is not decided by the shards' rounding
+        return x[:, :6].double() @ self.W
 
 
 def mixture(shard):
+    # W sits in the root module, which FSDP2 leaves unsharded after a forward-only pass unless told
+    # to reshard: the next forward would then not gather what the step wrote into the shards
     model = Mixture()
-    return fully_shard(model) if shard else model
+    return fully_shard(model, reshard_after_forward=True) if shard else model
 
 
 for restart in (False, True):
