@@ -19,9 +19,7 @@ update and Top-K's selection, which bounds it on CPU.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -31,7 +29,7 @@ import torch
 from sklearn import datasets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import claim, cli, record, save_figure  # noqa: E402
+from harness import claim, cli, record, run_workers, save_figure  # noqa: E402
 
 import torchopt_zoo.compression as C  # noqa: E402
 
@@ -174,20 +172,7 @@ dist.destroy_process_group()
 
 
 def run_ddp(steps, world=2):
-    with tempfile.TemporaryDirectory() as tmp:
-        script = os.path.join(tmp, "worker.py")
-        with open(script, "w") as fh:
-            fh.write(DDP_WORKER)
-        out = os.path.join(tmp, "out.json")
-        procs = [subprocess.Popen([sys.executable, script, str(r), str(world), os.path.join(tmp, "rdv"),
-                                   out, str(steps)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for r in range(world)]
-        for p in procs:
-            text, _ = p.communicate(timeout=1200)
-            if p.returncode != 0:
-                raise RuntimeError(text.decode()[-3000:])
-        with open(out) as fh:
-            return json.load(fh)
+    return run_workers(DDP_WORKER, world, steps, timeout=1200)
 
 
 class _Bucket:

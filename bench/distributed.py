@@ -21,14 +21,11 @@ The same code runs on several machines: start it with ``torchrun --nnodes N --np
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import claim, cli, progress, record  # noqa: E402
+from harness import claim, cli, progress, record, run_workers  # noqa: E402
 
 WORKER = r'''
 import json, sys, time, statistics, torch, numpy as np
@@ -139,28 +136,11 @@ dist.destroy_process_group()
 '''
 
 
-def run(steps: int, world: int = 2) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        script = os.path.join(tmp, "worker.py")
-        with open(script, "w") as fh:
-            fh.write(WORKER)
-        out = os.path.join(tmp, "out.json")
-        procs = [subprocess.Popen([sys.executable, script, str(r), str(world), os.path.join(tmp, "rdv"), out,
-                                   str(steps)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for r in range(world)]
-        for p in procs:
-            text, _ = p.communicate(timeout=1800)
-            if p.returncode != 0:
-                raise RuntimeError(text.decode()[-3000:])
-        with open(out) as fh:
-            return json.load(fh)
-
-
 def main():
     args = cli(__doc__, "fewer steps")
     steps = 10 if args.quick else 40
     progress(f"2 gloo processes, {steps} timed steps per row")
-    rows = run(steps)
+    rows = run_workers(WORKER, 2, steps)
     base = rows["FSDP2 torch Adam"]["ms"]
     print("\n### 2 gloo processes on this machine (1 thread each), median ms of rank 0\n")
     print("| setting | timed | median ms | x torch Adam under FSDP2 | bytes the step's own collectives send "

@@ -27,6 +27,28 @@ def cli(doc: str, quick_help: str, **extra) -> argparse.Namespace:
     return args
 
 
+def run_workers(source: str, world: int, *args, timeout: float = 1800):
+    """Run ``source`` (a Python script) as ``world`` processes on this machine, each given
+    ``rank world rendezvous-file out-file *args``; rank 0 writes its results as JSON to the out
+    file, returned here. A failed rank raises with the end of its output."""
+    import json
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        script, out = os.path.join(tmp, "worker.py"), os.path.join(tmp, "out.json")
+        with open(script, "w") as fh:
+            fh.write(source)
+        procs = [subprocess.Popen([sys.executable, script, str(r), str(world), os.path.join(tmp, "rdv"), out,
+                                   *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for r in range(world)]
+        for p in procs:
+            text, _ = p.communicate(timeout=timeout)
+            if p.returncode != 0:
+                raise RuntimeError(text.decode()[-3000:])
+        with open(out) as fh:
+            return json.load(fh)
+
+
 def progress(message: str) -> None:
     """A progress line on stderr (``python -m bench`` shows it live, with the elapsed time, and
     keeps it out of the report)."""

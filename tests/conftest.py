@@ -81,3 +81,74 @@ def reload_state(opt, params, step):
 
 
 PERTURBATIONS = [rebind_parameter, replace_state_tensor, freeze_then_thaw, reload_state]
+
+
+# The default tier's kernels over address tables against the reference tier (tests/test_table.py
+# for Triton, tests/test_cpu_kernels.py for C): random shapes, groups, frozen tensors, steps.
+def run_groups(cfg, init, grads, n_groups, *, set_to_none=True, scale=None, **tier):
+    """``cfg``'s optimizer over ``init`` split into ``n_groups`` groups (lr 0.01, 0.02, ...), fed
+    ``grads`` (per step, None for a frozen tensor), with AMP's ``scale`` if given; checks that no
+    parameter was rebound. Returns the parameters and the optimizer."""
+    cls, kw = cfg
+    params = [t.clone().requires_grad_(g is not None) for t, g in zip(init, grads[0])]
+    groups = [{"params": params[i::n_groups], "lr": 0.01 * (i + 1)} for i in range(n_groups)]
+    opt = cls([g for g in groups if g["params"]], **tier, **kw)
+    storages = [p.untyped_storage().data_ptr() for p in params]
+    for step_grads in grads:
+        opt.zero_grad(set_to_none=set_to_none)
+        for p, g in zip(params, step_grads):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+        if scale is not None:  # AMP's unscaling, as GradScaler hands it to the step
+            opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(0.0)
+        opt.step()
+    assert [p.untyped_storage().data_ptr() for p in params] == storages  # nothing rebound
+    return params, opt
+
+
+def draw_table_case(data, dtype, max_steps, scales=(None,)):
+    """Hypothesis' draw of a case for :func:`run_groups`: ``(init, grads, n_groups, kwargs)``."""
+    from hypothesis import strategies as st
+    shape_list = data.draw(st.lists(st.lists(st.integers(1, 40), min_size=0, max_size=3).map(tuple),
+                                    min_size=1, max_size=5))
+    n_groups, steps = data.draw(st.integers(1, 3)), data.draw(st.integers(1, max_steps))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    frozen = data.draw(st.lists(st.booleans(), min_size=len(shape_list), max_size=len(shape_list)))
+    kwargs = dict(set_to_none=data.draw(st.booleans()), scale=data.draw(st.sampled_from(scales)))
+    gen = torch.Generator().manual_seed(seed)
+    init = [torch.randn(s, generator=gen).to(dtype) for s in shape_list]
+    grads = [[None if f else torch.randn(s, generator=gen).to(dtype) * (kwargs["scale"] or 1)
+              for s, f in zip(shape_list, frozen)] for _ in range(steps)]
+    return init, grads, n_groups, kwargs
+
+
+def assert_same_run(ref_params, ref, params, opt, tol):
+    """Parameters and every state tensor of two runs within ``tol``."""
+    for a, b in zip(ref_params, params):
+        torch.testing.assert_close(b.detach(), a.detach(), **tol)
+    sa, sb = ref.state_dict()["state"], opt.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys()
+        for key in sa[i]:
+            torch.testing.assert_close(sb[i][key].cpu().to(sa[i][key].dtype), sa[i][key], **tol)
+
+
+def assert_found_inf_skips(cls, kw):
+    """A step with AMP's ``found_inf`` set leaves parameters, state and the step count as they were."""
+    params = [torch.randn(5, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
+    opt = cls(params, lr=0.01, **kw)
+    for p in params:
+        p.grad = torch.randn_like(p) * 4
+    opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(0.0)
+    opt.step()
+    before = [p.detach().clone() for p in params], {k: v.clone() for k, v in opt.state[params[0]].items()}
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before[0], params))
+    assert all(torch.equal(v, opt.state[params[0]][k]) for k, v in before[1].items())
+    assert float(opt.state[params[0]]["step"]) == 1.0

@@ -7,61 +7,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import torchopt_zoo as zoo
-from conftest import CONFIGS, PERTURBATIONS, config_id, perturbed_run
+from conftest import CONFIGS, PERTURBATIONS, assert_found_inf_skips, assert_same_run, config_id, draw_table_case, perturbed_run, run_groups
 from torchopt_zoo.tiers import cpu
 
 if not cpu.enabled():
     pytest.skip("no C compiler", allow_module_level=True)
 
-shapes = st.lists(st.lists(st.integers(1, 40), min_size=0, max_size=3).map(tuple), min_size=1, max_size=5)
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
-
-
-def run(cfg, init, grads, n_groups, *, set_to_none=True, scale=None, **tier):
-    cls, kw = cfg
-    params = [t.clone().requires_grad_(g is not None) for t, g in zip(init, grads[0])]
-    groups = [{"params": params[i::n_groups], "lr": 0.01 * (i + 1)} for i in range(n_groups)]
-    opt = cls([g for g in groups if g["params"]], **tier, **kw)
-    storages = [p.untyped_storage().data_ptr() for p in params]
-    for step_grads in grads:
-        opt.zero_grad(set_to_none=set_to_none)
-        for p, g in zip(params, step_grads):
-            if g is None:
-                continue
-            if p.grad is None:
-                p.grad = g.clone()
-            else:
-                p.grad.copy_(g)
-        if scale is not None:  # AMP's unscaling, as GradScaler hands it to the step
-            opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(0.0)
-        opt.step()
-    assert [p.untyped_storage().data_ptr() for p in params] == storages  # nothing rebound
-    return params, opt
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 @given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_cpu_kernels_match_reference(cfg, data, dtype):
-    shape_list, n_groups = data.draw(shapes), data.draw(st.integers(1, 3))
-    steps, seed = data.draw(st.integers(1, 4)), data.draw(st.integers(0, 2**31 - 1))
-    frozen = data.draw(st.lists(st.booleans(), min_size=len(shape_list), max_size=len(shape_list)))
-    set_to_none, scale = data.draw(st.booleans()), data.draw(st.sampled_from([None, 4.0]))
-    gen = torch.Generator().manual_seed(seed)
-    init = [torch.randn(s, generator=gen, dtype=dtype) for s in shape_list]
-    grads = [[None if f else torch.randn(s, generator=gen, dtype=dtype) * (scale or 1) for s, f in zip(shape_list, frozen)]
-             for _ in range(steps)]
-    ref_params, ref = run(cfg, init, grads, n_groups, set_to_none=set_to_none, scale=scale, foreach=False)
-    params, opt = run(cfg, init, grads, n_groups, set_to_none=set_to_none, scale=scale)
-    if any(not f for f in frozen):
+    init, grads, n_groups, kwargs = draw_table_case(data, dtype, 4, scales=(None, 4.0))
+    ref_params, ref = run_groups(cfg, init, grads, n_groups, **kwargs, foreach=False)
+    params, opt = run_groups(cfg, init, grads, n_groups, **kwargs)
+    if any(g is not None for g in grads[0]):
         assert any(isinstance(t, cpu.CpuTable) for t in opt._tables.values())  # the step took the C kernel
-    for a, b in zip(ref_params, params):
-        torch.testing.assert_close(b.detach(), a.detach(), **TOL[dtype])
-    sa, sb = ref.state_dict()["state"], opt.state_dict()["state"]
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        assert sa[i].keys() == sb[i].keys()
-        for key in sa[i]:
-            torch.testing.assert_close(sb[i][key], sa[i][key], **TOL[dtype])
+    assert_same_run(ref_params, ref, params, opt, TOL[dtype])
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
@@ -95,19 +58,9 @@ def test_the_steady_state_check_sees_what_changed(perturb, cls):
         torch.testing.assert_close(b.detach(), a.detach(), **TOL[torch.float32])
 
 
-def test_amp_found_inf_skips_the_step():
-    params = [torch.randn(5, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
-    opt = zoo.NAdam(params, lr=0.01)
-    for p in params:
-        p.grad = torch.randn_like(p) * 4
-    opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(0.0)
-    opt.step()
-    before = [p.detach().clone() for p in params], {k: v.clone() for k, v in opt.state[params[0]].items()}
-    opt.found_inf = torch.tensor(1.0)
-    opt.step()
-    assert all(torch.equal(a, p) for a, p in zip(before[0], params))
-    assert all(torch.equal(v, opt.state[params[0]][k]) for k, v in before[1].items())
-    assert float(opt.state[params[0]]["step"]) == 1.0
+@pytest.mark.parametrize("cfg", CONFIGS[::4], ids=config_id)
+def test_amp_found_inf_skips_the_step(cfg):
+    assert_found_inf_skips(*cfg)
 
 
 def stepped(cls, **tier):

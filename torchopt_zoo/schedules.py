@@ -215,7 +215,8 @@ class RefinedSchedule(_FactorSchedule):
     def factor(self, t: int) -> float:
         if t < len(self.schedule):
             return float(self.schedule[t])
-        if not self.warned_past_end:
+        # t = len: the scheduler stepped after the last of its steps, as a training loop does
+        if t > len(self.schedule) and not self.warned_past_end:
             self.warned_past_end = True
             warnings.warn(f"RefinedSchedule: step {t} is past the schedule's {len(self.schedule)} steps; "
                           "the lr stays 0", UserWarning, stacklevel=3)
