@@ -15,12 +15,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import torchopt_zoo as zoo
-from torchopt_zoo.compression import EFHookState, RandK, TopK, econtrol_hook, ef14_hook, ef21_hook
+from torchopt_zoo.compression import EFHookState, Identity, RandK, TopK, econtrol_hook, ef14_hook, ef21_hook
 
 rank, world, phase, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
 RUNS = {"ef21": (ef21_hook, lambda: TopK(ratio=0.2)), "econtrol": (econtrol_hook, lambda: RandK(ratio=0.2, seed=5)),
-        "ef14": (ef14_hook, lambda: TopK(ratio=0.2))}
+        "ef14": (ef14_hook, lambda: TopK(ratio=0.2)), "ef21 dense": (ef21_hook, Identity)}
 gen = torch.Generator().manual_seed(100 + rank)
 X = torch.randn(20, 32, 12, generator=gen) * (1 + rank)
 Y = X.sum(-1, keepdim=True).tanh() + rank
@@ -44,7 +44,7 @@ def make(method):
     hook, compressor = RUNS[method]
     torch.manual_seed(0)
     model = DDP(Net(), bucket_cap_mb=0.004)
-    state = EFHookState(compressor(), method)
+    state = EFHookState(compressor(), method.split()[0])
     buckets = set()
 
     def counting(s, bucket):

@@ -140,8 +140,9 @@ def run_ranks(worker, world, phase, tmp_path):
 def test_hooks_resume_bitwise_after_a_kill_with_several_buckets(tmp_path, world):
     """2 or 3 gloo ranks, several DDP buckets whose first layout differs from the rebuilt one:
     killed (SIGKILL) after 10 steps and restarted from their state_dicts (loaded with
-    weights_only=True), every method ends bitwise where the uninterrupted 20 steps end; each rank
-    refuses another rank's hook state."""
+    weights_only=True), every method ends bitwise where the uninterrupted 20 steps end (Top-K,
+    Rand-K, and a dense compressor, all-reduced per parameter); each rank refuses another rank's
+    hook state."""
     worker = os.path.join(os.path.dirname(__file__), "ef_resume_worker.py")
     for phase, expected in (("straight", 0), ("first", -9), ("second", 0)):
         for code, out in run_ranks(worker, world, phase, tmp_path):

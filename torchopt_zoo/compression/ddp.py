@@ -18,7 +18,7 @@ all-gather; Rand-K draws each parameter's coordinates from its seed, the step co
 parameter's name (the same on every rank) and sends only the values, by all-gather. Both add the
 ranks' messages in rank order, so the sums do not depend on the layout either (an all-reduce's
 order of addition does, with 3 or more ranks). Any other compressor sends its dense output by
-all-reduce (bitwise across layouts with 2 ranks only).
+one all-reduce per parameter, whose order of addition depends only on the parameter's size.
 
 The hooks work in place: each bucket layout's vectors live in one flat buffer per vector (the
 per-name entries are views of it), so a step makes no copy of the state; a sparse message updates
@@ -159,12 +159,17 @@ class EFHookState:
         dist.all_reduce(out, group=self._group())
         return out
 
-    def add_mean_of_compressed(self, target: Tensor, values: Tensor, indices: Optional[Tensor]) -> None:
+    def add_mean_of_compressed(self, target: Tensor, values: Tensor, indices: Optional[Tensor],
+                               sizes: list[int]) -> None:
         """``target += mean_r C_r`` over ranks ``r`` of every rank's compressed vector (``values``
-        at ``indices``, or dense where ``indices`` is None), sent the cheapest way."""
+        at ``indices``, or dense where ``indices`` is None), sent the cheapest way. A dense vector
+        is all-reduced parameter by parameter (``sizes``): an all-reduce's order of addition
+        depends on the length of what it reduces, which is then the parameter's, whatever the
+        bucket layout."""
         world = dist.get_world_size(self._group())
         if indices is None:  # dense (unknown compressor)
-            target.add_(self.all_reduce_mean(values))
+            for part, mean in zip(target.split(sizes), values.split(sizes)):
+                part.add_(self.all_reduce_mean(mean))
             return
         all_values = [torch.empty_like(values) for _ in range(world)]
         dist.all_gather(all_values, values, group=self._group())
@@ -230,7 +235,7 @@ class EFHookState:
         if self.method == "ef21":  # c = C(grad - g_i); g_i += c; g += mean_r c_r
             values, idx = self.compress(grad - s["g_i"], names, sizes)
             _add(s["g_i"], values, idx)
-            self.add_mean_of_compressed(s["g"], values, idx)
+            self.add_mean_of_compressed(s["g"], values, idx, sizes)
             return grad.copy_(s["g"])
         if self.method == "econtrol":  # x = eta e + grad - h_i; delta = C(x); e += grad - h_i - delta; h_i += delta
             x = (grad - s["h_i"]).add_(s["e"], alpha=self.eta)
@@ -238,12 +243,12 @@ class EFHookState:
             s["e"].mul_(1 - self.eta).add_(x)  # e + grad - h_i = (1 - eta) e + x
             _add(s["e"], values, idx, alpha=-1.0)
             _add(s["h_i"], values, idx)
-            self.add_mean_of_compressed(s["h"], values, idx)
+            self.add_mean_of_compressed(s["h"], values, idx, sizes)
             return grad.copy_(s["h"])
         e = s["e"].add_(grad)  # ef14: p = e + grad; delta = C(p); e = p - delta; the bucket gets mean_r delta_r
         values, idx = self.compress(e, names, sizes)
         _add(e, values, idx, alpha=-1.0)
-        self.add_mean_of_compressed(grad.zero_(), values, idx)
+        self.add_mean_of_compressed(grad.zero_(), values, idx, sizes)
         return grad
 
 
