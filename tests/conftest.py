@@ -56,7 +56,16 @@ def perturbed_run(perturb, cls=zoo.Adam, **tier):
             if p.requires_grad:
                 p.grad = g.clone()
         opt.step()
-    return params, steady
+    return params, opt, steady
+
+
+def assert_perturbed_runs_match(perturb, cls, tol):
+    """The default tier's run with ``perturb`` took the group's table before the change and ends
+    with the parameters and state of the reference tier's run."""
+    ref_params, ref, _ = perturbed_run(perturb, cls, foreach=False)
+    params, opt, steady = perturbed_run(perturb, cls)
+    assert steady  # the steps before the change took the group's table
+    assert_same_run(ref_params, ref, params, opt, tol)
 
 
 def rebind_parameter(opt, params, step):
@@ -80,7 +89,12 @@ def reload_state(opt, params, step):
         opt.load_state_dict(opt.state_dict())
 
 
-PERTURBATIONS = [rebind_parameter, replace_state_tensor, freeze_then_thaw, reload_state]
+def replace_state_dict(opt, params, step):
+    if step == 2:  # a new dict of new tensors for one parameter: the mapping itself changed
+        opt.state[params[1]] = {k: v.clone() for k, v in opt.state[params[1]].items()}
+
+
+PERTURBATIONS = [rebind_parameter, replace_state_tensor, replace_state_dict, freeze_then_thaw, reload_state]
 
 
 # The default tier's kernels over address tables against the reference tier (tests/test_table.py

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import torchopt_zoo as zoo
-from conftest import CONFIGS, PERTURBATIONS, assert_found_inf_skips, assert_same_run, config_id, draw_table_case, perturbed_run, run_groups
+from conftest import CONFIGS, PERTURBATIONS, assert_found_inf_skips, assert_perturbed_runs_match, assert_same_run, config_id, draw_table_case, run_groups
 from torchopt_zoo.tiers import cpu
 
 if not cpu.enabled():
@@ -51,11 +51,7 @@ def test_non_finite_gradients_as_the_reference(cfg):
 def test_the_steady_state_check_sees_what_changed(perturb, cls):
     """As tests/test_table.py checks the Triton path: each change before a step takes the slow
     path and new tables, and the run matches the reference tier."""
-    ref, _ = perturbed_run(perturb, cls, foreach=False)
-    params, steady = perturbed_run(perturb, cls)
-    assert steady  # the steps before the change took the group's table
-    for a, b in zip(ref, params):
-        torch.testing.assert_close(b.detach(), a.detach(), **TOL[torch.float32])
+    assert_perturbed_runs_match(perturb, cls, TOL[torch.float32])
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[::4], ids=config_id)

@@ -49,7 +49,9 @@ class AddressTable:
         # what the steady-state check compares: the parameters' addresses, the state dicts and the
         # state tensors in them (the optimizer's own objects) by identity
         self._param_addresses = self.addresses[:len(params)]
+        self._params = list(params)
         self._dicts = list(states)
+        self._seen = None  # the optimizer's state mapping as last checked: (object, keys, values)
         self._get_state = operator.itemgetter(*self.keys, *self.scalar_keys)
         self._state_tensors = list(chain.from_iterable(map(self._tuple_of_state, states)))
 
@@ -72,12 +74,26 @@ class AddressTable:
             return False
         try:
             return ([p.data_ptr() for p in params] == self._param_addresses
-                    and all(map(operator.is_, map(state_of.get, params), self._dicts))
+                    and all(map(operator.is_, params, self._params))
+                    and self._maps_to_dicts(state_of)
                     and all(map(operator.is_, chain.from_iterable(map(self._tuple_of_state, self._dicts)),
                                 self._state_tensors))
                     and self.load([p.grad for p in params]))
         except (AttributeError, KeyError, RuntimeError):  # no gradient, a sparse one, a state key gone
             return False
+
+    def _maps_to_dicts(self, state_of: dict) -> bool:
+        """Whether ``state_of`` maps the parameters to the state dicts the table holds. Unchanged
+        since the last check (the same object, keys and values, by identity: no hashing of
+        tensors) it does; else each parameter is looked up."""
+        seen = self._seen
+        if (seen is not None and seen[0] is state_of and len(state_of) == len(seen[1])
+                and all(map(operator.is_, state_of, seen[1])) and all(map(operator.is_, state_of.values(), seen[2]))):
+            return True
+        if not all(map(operator.is_, map(state_of.get, self._params), self._dicts)):
+            return False
+        self._seen = (state_of, list(state_of), list(state_of.values()))
+        return True
 
     def matches(self, params: list[Tensor], states: list[dict]) -> bool:
         """Whether the table still holds these parameters' and states' addresses (O(n) host work;
