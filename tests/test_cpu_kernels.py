@@ -123,3 +123,22 @@ def test_tensors_the_kernel_cannot_take_step_in_the_multi_tensor_tier(make):
         if tier == {}:
             assert not any(isinstance(t, cpu.CpuTable) for t in opt._tables.values())
     torch.testing.assert_close(out[1], out[0])
+
+
+def test_group_wide_state_of_another_dtype_takes_the_multi_tensor_tier():
+    """AdaGrad-Norm's sum of squares (a float64 tensor loaded into a float32 group, say) is not
+    what the kernel reads: the step takes the multi-tensor tier, as the reference does."""
+    out = []
+    for tier in ({"foreach": False}, {}):
+        torch.manual_seed(0)
+        params = [torch.randn(5, requires_grad=True), torch.randn(3, requires_grad=True)]
+        opt = zoo.AdaGradNorm(params, **tier)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+            if step == 0:
+                opt.state[params[0]]["norm_sum_sq"] = opt.state[params[0]]["norm_sum_sq"].double()
+        out.append([p.detach() for p in params])
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a)

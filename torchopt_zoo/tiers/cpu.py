@@ -1,5 +1,4 @@
-"""Single-pass CPU kernels over address tables: the default tier on CPU for the rules that torch
-has no fused kernel for.
+"""Single-pass CPU kernels over address tables: the default tier on CPU.
 
 A rule describes its step in C (:class:`~torchopt_zoo.core.rule.CKernel`: per-tensor scalars and
 the per-element update, written as its Triton kernel is); this module pastes it into the shared
@@ -8,7 +7,8 @@ over chunks of the tensors), compiles it once per rule, dtype and option set wit
 compiler, and calls it through ``ctypes`` with the addresses of the user's own tensors: one call
 per step, whatever the number of tensors, each element read and written once (the rule's floor
 bytes), nothing rebound or copied. Where no C compiler works, or the tensors do not qualify
-(not float32/float64, not contiguous, complex), the caller takes the multi-tensor tier.
+(not float32/float64 or their complex types, not contiguous), the caller takes torch's fused
+kernel where torch has one for the rule, else the multi-tensor tier.
 
 The compiled libraries are kept in ``$TORCHOPT_ZOO_CACHE`` (default
 ``~/.cache/torchopt_zoo``), named by a hash of the source, the options and the machine's CPU
@@ -109,9 +109,9 @@ def _build(src: str, defines: dict, key: str):
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             c_file, so_file = Path(tmp) / "step.c", Path(tmp) / "step.so"
             c_file.write_text(src)
-            command = [_compiler(), "-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
-                       "-fPIC", "-shared", "-std=gnu11", *(f"-D{k}={v}" for k, v in defines.items()),
-                       str(c_file), "-o", str(so_file), "-lm"]
+            command = [_compiler(), "-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
+                       "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
+                       *(f"-D{k}={v}" for k, v in defines.items()), str(c_file), "-o", str(so_file), "-lm"]
             if "LIBMVEC" in defines:
                 command.append("-lmvec")
             done = subprocess.run(command, capture_output=True, text=True)
@@ -138,8 +138,9 @@ def library(rule, group: dict, dtype: torch.dtype, step_dtype: torch.dtype, has_
         function, error = _build(src, defines, key)
         if function is None and rule.name not in _WARNED:
             _WARNED.add(rule.name)
-            warnings.warn(f"torchopt_zoo: the CPU kernel of {rule.name} did not compile; the step takes the "
-                          f"multi-tensor tier. The compiler said:\n{error}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"torchopt_zoo: the CPU kernel of {rule.name} did not compile; the step takes torch's "
+                          f"fused kernel or the multi-tensor tier. The compiler said:\n{error}", RuntimeWarning,
+                          stacklevel=3)
         _LIBRARIES[local] = function
     return function
 
@@ -196,15 +197,18 @@ class CpuTable(AddressTable):
 
     def step(self, rule, group: dict, group_state: dict, grad_scale: Tensor | None, found_inf: Tensor | None) -> bool:
         """One call of the kernel (the gradient column loaded); False where it could not be built
-        for the group's current options (nothing was touched)."""
+        for the group's current options, or the group-wide state is not what the kernel reads
+        (nothing was touched)."""
         function = library(rule, group, self.dtype, self.step_dtype, grad_scale is not None)
-        if function is None:
+        ck = rule.cpu
+        shared = ck.group_scalar(group_state) if ck.group_scalar is not None else None
+        if function is None or (shared is not None and (
+                shared.device.type != "cpu" or shared.numel() != 1 or shared.dtype != self.dtype.to_real())):
             return False
         if found_inf is not None and bool(found_inf.item()):  # AMP: an inf/NaN gradient skips the step (a CPU read)
             return True
-        ck = rule.cpu
         scalars = array("d", (list(ck.scalars(group)) + [0.0] * 8)[:8])
-        group_scalar = ck.group_scalar(group_state).data_ptr() if ck.group_scalar is not None else 0
+        group_scalar = 0 if shared is None else shared.data_ptr()
         scale = float(grad_scale) if grad_scale is not None else 1.0
         code = function(self.n, self.table.buffer_info()[0], self.numel.buffer_info()[0], scalars.buffer_info()[0],
                         float(group["lr"]), float(group["weight_decay"]), scale, group_scalar, torch.get_num_threads())
