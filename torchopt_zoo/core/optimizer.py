@@ -322,7 +322,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
         bucket = self._group_tables.get(id(group))
         if bucket is None or torch.compiler.is_compiling() or not bucket.holds(group["params"], self.state):
             return False
-        return bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf) is not False
+        return bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf)
 
     def _table_step(self, group, params, grads, states, grad_scale, found_inf) -> bool:
         """One call of the rule's kernel over address tables: its Triton kernel where Triton runs
@@ -342,7 +342,7 @@ class ZooOptimizer(PicklesAttributes, torch.optim.Optimizer):
             self._tables[key] = bucket
         if not bucket.load(grads):
             return False
-        if bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf) is False:
+        if not bucket.step(self.rule, group, self._shared_state(group), grad_scale, found_inf):
             return False
         if len(params) == len(group["params"]):  # the whole group: the next step tries it first
             self._group_tables[id(group)] = bucket

@@ -163,6 +163,9 @@ class TableBucket(AddressTable):
     def _take(self, addresses: list[int]) -> None:
         self.grad = _upload(addresses, self.device)
 
-    def step(self, rule, group: dict, group_state: dict, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def step(self, rule, group: dict, group_state: dict, grad_scale: Tensor | None, found_inf: Tensor | None) -> bool:
+        """One launch of the rule's kernels over the tables (always taken, as every table's
+        ``step`` answers whether it was)."""
         from . import triton as _triton  # only where Triton runs
         _triton.step(rule, group, self, group_state, grad_scale, found_inf)
+        return True
