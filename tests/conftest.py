@@ -39,7 +39,20 @@ def config(request):
 
 
 # The steady-state checks of the default tier's address tables (tests/test_table.py for the
-# Triton path, tests/test_cpu_kernels.py for the C path): a change before a step must be seen.
+# Triton path, tests/test_cpu_kernels.py for the C path): a change before a step must be seen, by
+# the compiled check (tiers/host.py) and by its Python reference alike.
+@pytest.fixture(params=["compiled", "python"])
+def host_check(request, monkeypatch):
+    from torchopt_zoo.tiers import host
+
+    if request.param == "compiled":
+        if host.checker() is None:
+            pytest.skip("the compiled steady-state check cannot be built here (no C compiler or Python.h)")
+    else:
+        monkeypatch.setenv("TORCHOPT_ZOO_HOST_CHECK", "0")
+    return request.param
+
+
 def perturbed_run(perturb, cls=zoo.Adam, **tier):
     """``cls`` (Adam) over three tensors for four steps; ``perturb(opt, params, step)`` runs before each
     step's gradients are set (a rebound parameter, a replaced state tensor, a frozen tensor)."""

@@ -48,7 +48,7 @@ def test_non_finite_gradients_as_the_reference(cfg):
 
 @pytest.mark.parametrize("perturb", PERTURBATIONS)
 @pytest.mark.parametrize("cls", [zoo.Adam, zoo.NAdam, zoo.AdaGradNorm], ids=lambda c: c.__name__)
-def test_the_steady_state_check_sees_what_changed(perturb, cls):
+def test_the_steady_state_check_sees_what_changed(perturb, cls, host_check):
     """As tests/test_table.py checks the Triton path: each change before a step takes the slow
     path and new tables, and the run matches the reference tier."""
     assert_perturbed_runs_match(perturb, cls, TOL[torch.float32])

@@ -36,7 +36,7 @@ def test_amp_found_inf_skips_the_table_step_on_the_device(cfg, monkeypatch):
 
 
 @pytest.mark.parametrize("perturb", PERTURBATIONS)
-def test_the_steady_state_check_sees_what_changed(perturb, monkeypatch):
+def test_the_steady_state_check_sees_what_changed(perturb, host_check, monkeypatch):
     """The steady-state path checks the parameters' addresses and the state objects before it
     launches over the old tables: each change takes the slow path (and new tables) and the run
     matches the reference tier."""

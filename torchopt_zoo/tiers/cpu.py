@@ -23,10 +23,7 @@ import functools
 import hashlib
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import warnings
 from array import array
@@ -35,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import compiler
 from .table import AddressTable
 
 _TEMPLATE = Path(__file__).with_name("cpu_step.c")
@@ -46,17 +44,7 @@ _WARNED: set[str] = set()
 
 
 def enabled() -> bool:
-    return os.environ.get("TORCHOPT_ZOO_CPU_KERNELS", "1") != "0" and shutil.which(_compiler()) is not None
-
-
-def _compiler() -> str:
-    return os.environ.get("CC", "cc")
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("TORCHOPT_ZOO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torchopt_zoo")
-    return Path(root) / "cpu"
+    return os.environ.get("TORCHOPT_ZOO_CPU_KERNELS", "1") != "0" and compiler.available()
 
 
 def _cpu_flags() -> str:
@@ -100,24 +88,14 @@ def _defines(rule, group: dict, dtype: torch.dtype, step_dtype: torch.dtype, has
 
 
 def _build(src: str, defines: dict, key: str):
-    """Compile ``src`` into the cache (once; atomically, so concurrent processes may race) and
-    return its ``zoo_step``, or None where the compiler fails (with one warning per rule)."""
-    cache = _cache_dir()
-    target = cache / f"{key}.so"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            c_file, so_file = Path(tmp) / "step.c", Path(tmp) / "step.so"
-            c_file.write_text(src)
-            command = [_compiler(), "-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
-                       "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
-                       *(f"-D{k}={v}" for k, v in defines.items()), str(c_file), "-o", str(so_file), "-lm"]
-            if "LIBMVEC" in defines:
-                command.append("-lmvec")
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                return None, done.stderr[-2000:]
-            os.replace(so_file, target)
+    """Compile ``src`` with ``defines`` (:func:`compiler.build`) and return its ``zoo_step``, or
+    ``(None, what the compiler said)``."""
+    flags = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp",
+             "-std=gnu11", *(f"-D{k}={v}" for k, v in defines.items())]
+    libraries = ("-lm", "-lmvec") if "LIBMVEC" in defines else ("-lm",)
+    target, error = compiler.build(src, flags, "cpu", key, libraries)
+    if target is None:
+        return None, error
     function = ctypes.CDLL(str(target)).zoo_step
     function.restype = ctypes.c_int
     function.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double,
@@ -192,8 +170,8 @@ class CpuTable(AddressTable):
             return None
         return cls(rule, params, states, keys)
 
-    def _take(self, addresses: list[int]) -> None:
-        self.table[self.n:2 * self.n] = array("q", addresses)
+    def _take(self, addresses: array) -> None:
+        self.table[self.n:2 * self.n] = addresses
 
     def step(self, rule, group: dict, group_state: dict, grad_scale: Tensor | None, found_inf: Tensor | None) -> bool:
         """One call of the kernel (the gradient column loaded); False where it could not be built

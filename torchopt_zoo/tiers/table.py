@@ -19,18 +19,21 @@ agree, and uploads the tables without blocking the host where the device is CUDA
 from __future__ import annotations
 
 import operator
+from array import array
 from itertools import chain
 
 import torch
 from torch import Tensor
 
+from . import host
 from .triton import BLOCK, tl
 
 _TRITON_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-def _upload(values: list[int], device: torch.device) -> Tensor:
-    table = torch.tensor(values, dtype=torch.int64)
+def _upload(values, device: torch.device) -> Tensor:
+    """An int64 table on ``device`` from a list or an ``array("q")`` of addresses (copied)."""
+    table = torch.frombuffer(array("q", values), dtype=torch.int64) if len(values) else torch.zeros(0, dtype=torch.int64)
     if device.type == "cuda":
         return table.pin_memory().to(device, non_blocking=True)
     return table.to(device)
@@ -45,14 +48,18 @@ class AddressTable:
 
     def _remember(self, params: list[Tensor], states: list[dict]) -> None:
         self.addresses = self._addresses(params, states)
-        self._grad_addresses = None
+        n = len(params)
         # what the steady-state check compares: the parameters' addresses, the state dicts and the
-        # state tensors in them (the optimizer's own objects) by identity
-        self._param_addresses = self.addresses[:len(params)]
+        # state tensors in them (the optimizer's own objects) by identity; the gradients' addresses
+        # as last loaded (-1: none yet), and where the compiled check writes the new ones
+        self._param_addresses = array("q", self.addresses[:n])
+        self._grad_addresses = array("q", [-1] * n)
+        self._scratch = array("q", [0] * n)
         self._params = list(params)
         self._dicts = list(states)
         self._seen = None  # the optimizer's state mapping as last checked: (object, keys, values)
-        self._get_state = operator.itemgetter(*self.keys, *self.scalar_keys)
+        self._state_keys = (*self.keys, *self.scalar_keys)
+        self._get_state = operator.itemgetter(*self._state_keys)
         self._state_tensors = list(chain.from_iterable(map(self._tuple_of_state, states)))
 
     def _addresses(self, params, states) -> list[int]:
@@ -68,18 +75,31 @@ class AddressTable:
         (a whole param group, as when the table was built) still has the address the table holds
         and a gradient the table can take (loaded, see :meth:`load`), and ``state_of`` (the
         optimizer's state) still maps each to the same state dict holding the same tensors.
-        False where the slow path must look (a rebound parameter, a missing or sparse gradient,
-        replaced or reloaded state)."""
-        if len(params) != len(self._param_addresses):
+        False where the slow path must look (a rebound parameter, a missing, sparse or
+        non-contiguous gradient, replaced or reloaded state). The per-tensor work is the compiled
+        check of ``tiers/host.py`` where it is built, else :meth:`_holds_reference`."""
+        if len(params) != len(self._params) or not self._maps_to_dicts(state_of):
             return False
+        check = host.checker()
+        if check is None:
+            return self._holds_reference(params)
+        code = check(params, self._params, self._param_addresses.buffer_info()[0], self._dicts, self._state_keys,
+                     self._state_tensors, self._grad_addresses.buffer_info()[0], self._scratch.buffer_info()[0],
+                     self.dtype)
+        if code == 2:  # new gradient addresses, written to the scratch array
+            self._take(self._scratch)
+            self._grad_addresses, self._scratch = self._scratch, self._grad_addresses
+        return code != 0
+
+    def _holds_reference(self, params: list[Tensor]) -> bool:
+        """:meth:`holds`'s per-tensor checks in Python (what ``host_check.c`` does)."""
         try:
-            return ([p.data_ptr() for p in params] == self._param_addresses
+            return (array("q", map(Tensor.data_ptr, params)) == self._param_addresses
                     and all(map(operator.is_, params, self._params))
-                    and self._maps_to_dicts(state_of)
                     and all(map(operator.is_, chain.from_iterable(map(self._tuple_of_state, self._dicts)),
                                 self._state_tensors))
                     and self.load([p.grad for p in params]))
-        except (AttributeError, KeyError, RuntimeError):  # no gradient, a sparse one, a state key gone
+        except (AttributeError, KeyError, RuntimeError, TypeError):  # no gradient, a sparse one, a state key gone
             return False
 
     def _maps_to_dicts(self, state_of: dict) -> bool:
@@ -101,18 +121,17 @@ class AddressTable:
         return self._addresses(params, states) == self.addresses
 
     def load(self, grads: list[Tensor]) -> bool:
-        """Point the gradient table at ``grads``, stored again only when an address changed (then
-        the gradients are checked); False where a gradient is not a dense contiguous tensor of the
-        parameters' dtype."""
-        addresses = [g.data_ptr() for g in grads]
+        """Point the gradient table at ``grads`` (stored again only where an address changed);
+        False where a gradient is not a dense contiguous tensor of the parameters' dtype."""
+        addresses = array("q", map(Tensor.data_ptr, grads))  # a sparse gradient has none: RuntimeError
+        if any(g.dtype != self.dtype or not g.is_contiguous() for g in grads):
+            return False
         if addresses != self._grad_addresses:
-            if any(g.dtype != self.dtype or g.layout != torch.strided or not g.is_contiguous() for g in grads):
-                return False
             self._take(addresses)
             self._grad_addresses = addresses
         return True
 
-    def _take(self, addresses: list[int]) -> None:
+    def _take(self, addresses: array) -> None:
         raise NotImplementedError
 
 
@@ -160,7 +179,7 @@ class TableBucket(AddressTable):
                 return None
         return cls(rule, params, states, keys)
 
-    def _take(self, addresses: list[int]) -> None:
+    def _take(self, addresses: array) -> None:
         self.grad = _upload(addresses, self.device)
 
     def step(self, rule, group: dict, group_state: dict, grad_scale: Tensor | None, found_inf: Tensor | None) -> bool:
