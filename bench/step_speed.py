@@ -211,7 +211,7 @@ def host_cost_per_tensor(count=3200, numel=320, repeats=20):
     from torchopt_zoo.tiers import table as _table
     from torchopt_zoo.tiers import triton as _triton
 
-    params = [torch.randn(numel, requires_grad=True) for _ in range(count)]
+    params = [torch.nn.Parameter(torch.randn(numel)) for _ in range(count)]
     opt = zoo.Adam(params, foreach=True)
     for p in params:
         p.grad = torch.randn_like(p)
@@ -220,7 +220,7 @@ def host_cost_per_tensor(count=3200, numel=320, repeats=20):
     _, grads, states, _ = opt._collect(group)
     bucket = _table.TableBucket.build(opt.rule, params, states)
     bucket.load(grads)
-    checks = {"compiled": host.checker(), "python": None}
+    checks = {"compiled": host.checker(wait=True), "python": None}
     times = {}
 
     def timed(row, work):
@@ -261,7 +261,7 @@ def cpu_step_cost_per_tensor(cls, count=3200, repeats=20):
     ``fused=True``) on CPU over ``count`` one-element tensors with new gradients each step, where
     the kernels' own work is negligible: for the zoo, the same steady-state check as the CUDA path,
     the gradient column rewritten and one call of the C kernel."""
-    params = [torch.zeros(1, requires_grad=True) for _ in range(count)]
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(count)]
     opt = cls(params, fused=True) if cls is torch.optim.Adam else cls(params)
     times = []
     for i in range(repeats + 3):

@@ -46,7 +46,7 @@ def host_check(request, monkeypatch):
     from torchopt_zoo.tiers import host
 
     if request.param == "compiled":
-        if host.checker() is None:
+        if host.checker(wait=True) is None:
             pytest.skip("the compiled steady-state check cannot be built here (no C compiler or Python.h)")
     else:
         monkeypatch.setenv("TORCHOPT_ZOO_HOST_CHECK", "0")

@@ -8,7 +8,7 @@ import torch
 import torchopt_zoo as zoo
 from torchopt_zoo.tiers import cpu, host
 
-if host.checker() is None:
+if host.checker(wait=True) is None:
     pytest.skip("the compiled steady-state check cannot be built here (no C compiler or Python.h)",
                 allow_module_level=True)
 if not cpu.enabled():

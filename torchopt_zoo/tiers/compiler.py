@@ -1,7 +1,7 @@
-"""The system's C compiler, and the cache of what it built: the CPU kernels (``tiers/cpu.py``) and
-the address tables' steady-state check (``tiers/host.py``).
+"""The system's C and C++ compilers, and the cache of what they built: the CPU kernels
+(``tiers/cpu.py``) and the address tables' steady-state check (``tiers/host.py``).
 
-``$CC`` (default ``cc``) compiles; libraries are kept in ``$TORCHOPT_ZOO_CACHE`` (default
+``$CC`` (default ``cc``) and ``$CXX`` (default ``c++``) compile; libraries are kept in ``$TORCHOPT_ZOO_CACHE`` (default
 ``~/.cache/torchopt_zoo``) under a name the caller derives from everything the binary depends on,
 so a library is built once per machine and reused by every process.
 """
@@ -12,15 +12,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 
-def compiler() -> str:
-    return os.environ.get("CC", "cc")
+def compiler(language: str = "c") -> str:
+    """``$CC`` (default ``cc``) for C, ``$CXX`` (default ``c++``) for C++."""
+    return os.environ.get("CC", "cc") if language == "c" else os.environ.get("CXX", "c++")
 
 
-def available() -> bool:
-    return shutil.which(compiler()) is not None
+def available(language: str = "c") -> bool:
+    return shutil.which(compiler(language)) is not None
 
 
 def cache_dir(kind: str) -> Path:
@@ -29,18 +31,22 @@ def cache_dir(kind: str) -> Path:
     return Path(root) / kind
 
 
-def build(src: str, flags: list[str], kind: str, key: str, libraries: tuple[str, ...] = ()) -> tuple[Path | None, str]:
-    """Compile the C source ``src`` with ``flags``, linking ``libraries`` (``-lm`` style), into
+def build(src: str, flags: list[str], kind: str, key: str, libraries: tuple[str, ...] = (),
+          language: str = "c") -> tuple[Path | None, str]:
+    """Compile the source ``src`` (C, or ``language="c++"``) with ``flags``, linking ``libraries``, into
     ``cache_dir(kind)/<key>.so`` (once; atomically, so concurrent processes may race):
     ``(path, "")``, or ``(None, what the compiler said)`` where it fails."""
     cache = cache_dir(kind)
     target = cache / f"{key}.so"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
+        for stale in cache.glob("tmp*"):  # left by a process that ended while it compiled
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            c_file, so_file = Path(tmp) / "source.c", Path(tmp) / "library.so"
+            c_file, so_file = Path(tmp) / ("source.c" if language == "c" else "source.cpp"), Path(tmp) / "library.so"
             c_file.write_text(src)
-            command = [compiler(), *flags, "-fPIC", "-shared", str(c_file), "-o", str(so_file), *libraries]
+            command = [compiler(language), *flags, "-fPIC", "-shared", str(c_file), "-o", str(so_file), *libraries]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 return None, done.stderr[-2000:]

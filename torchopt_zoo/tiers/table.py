@@ -78,14 +78,13 @@ class AddressTable:
         False where the slow path must look (a rebound parameter, a missing, sparse or
         non-contiguous gradient, replaced or reloaded state). The per-tensor work is the compiled
         check of ``tiers/host.py`` where it is built, else :meth:`_holds_reference`."""
-        if len(params) != len(self._params) or not self._maps_to_dicts(state_of):
+        compiled = host.checker()
+        if len(params) != len(self._params) or not self._maps_to_dicts(state_of, compiled):
             return False
-        check = host.checker()
-        if check is None:
+        if compiled is None:
             return self._holds_reference(params)
-        code = check(params, self._params, self._param_addresses.buffer_info()[0], self._dicts, self._state_keys,
-                     self._state_tensors, self._grad_addresses.buffer_info()[0], self._scratch.buffer_info()[0],
-                     self.dtype)
+        code = compiled.holds(params, self._params, self._param_addresses.buffer_info()[0], self._dicts, self._state_keys,
+                     self._state_tensors, self._grad_addresses.buffer_info()[0], self._scratch.buffer_info()[0])
         if code == 2:  # new gradient addresses, written to the scratch array
             self._take(self._scratch)
             self._grad_addresses, self._scratch = self._scratch, self._grad_addresses
@@ -102,14 +101,21 @@ class AddressTable:
         except (AttributeError, KeyError, RuntimeError, TypeError):  # no gradient, a sparse one, a state key gone
             return False
 
-    def _maps_to_dicts(self, state_of: dict) -> bool:
+    def _maps_to_dicts(self, state_of: dict, compiled=None) -> bool:
         """Whether ``state_of`` maps the parameters to the state dicts the table holds. Unchanged
         since the last check (the same object, keys and values, by identity: no hashing of
-        tensors) it does; else each parameter is looked up."""
+        tensors; ``compiled.same_items`` where the compiled check is there) it does; else each
+        parameter is looked up."""
         seen = self._seen
-        if (seen is not None and seen[0] is state_of and len(state_of) == len(seen[1])
-                and all(map(operator.is_, state_of, seen[1])) and all(map(operator.is_, state_of.values(), seen[2]))):
-            return True
+        if seen is not None and seen[0] is state_of:
+            _, keys, values = seen
+            if compiled is not None and isinstance(state_of, dict):
+                unchanged = compiled.same_items(state_of, keys, values)
+            else:
+                unchanged = (len(state_of) == len(keys) and all(map(operator.is_, state_of, keys))
+                             and all(map(operator.is_, state_of.values(), values)))
+            if unchanged:
+                return True
         if not all(map(operator.is_, map(state_of.get, self._params), self._dicts)):
             return False
         self._seen = (state_of, list(state_of), list(state_of.values()))
