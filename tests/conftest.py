@@ -23,6 +23,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# The default tier's compiled steady-state check is built (or found in the cache) before any test
+# runs, so every test, and every process a test starts, takes the same path from its first step.
+from torchopt_zoo.tiers import host as _host  # noqa: E402
+
+_host.checker(wait=True)
+
 # Every registered zoo optimizer with the option sets its rule module declares (constructor kwargs
 # beyond lr): a new rule is swept by every test that reads CONFIGS.
 CONFIGS = [(cls, kw) for cls in zoo.OPTIMIZERS for kw in cls.configs]
