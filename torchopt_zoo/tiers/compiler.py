@@ -1,9 +1,10 @@
 """The system's C and C++ compilers, and the cache of what they built: the CPU kernels
 (``tiers/cpu.py``) and the address tables' steady-state check (``tiers/host.py``).
 
-``$CC`` (default ``cc``) and ``$CXX`` (default ``c++``) compile; libraries are kept in ``$TORCHOPT_ZOO_CACHE`` (default
-``~/.cache/torchopt_zoo``) under a name the caller derives from everything the binary depends on,
-so a library is built once per machine and reused by every process.
+``$CC`` (default ``cc``) and ``$CXX`` (default ``c++``) compile; libraries are kept in
+``$TORCHOPT_ZOO_CACHE`` (default ``~/.cache/torchopt_zoo``) under a name the caller derives from
+everything the binary depends on, so a library is built once per machine and reused by every
+process.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def cache_dir(kind: str) -> Path:
 
 def build(src: str, flags: list[str], kind: str, key: str, libraries: tuple[str, ...] = (),
           language: str = "c") -> tuple[Path | None, str]:
-    """Compile the source ``src`` (C, or ``language="c++"``) with ``flags``, linking ``libraries``, into
-    ``cache_dir(kind)/<key>.so`` (once; atomically, so concurrent processes may race):
+    """Compile the source ``src`` (C, or ``language="c++"``) with ``flags``, linking ``libraries``,
+    into ``cache_dir(kind)/<key>.so`` (once; atomically, so concurrent processes may race):
     ``(path, "")``, or ``(None, what the compiler said)`` where it fails."""
     cache = cache_dir(kind)
     target = cache / f"{key}.so"
@@ -44,7 +45,8 @@ def build(src: str, flags: list[str], kind: str, key: str, libraries: tuple[str,
             if time.time() - stale.stat().st_mtime > 3600:
                 shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            c_file, so_file = Path(tmp) / ("source.c" if language == "c" else "source.cpp"), Path(tmp) / "library.so"
+            c_file = Path(tmp) / ("source.c" if language == "c" else "source.cpp")
+            so_file = Path(tmp) / "library.so"
             c_file.write_text(src)
             command = [compiler(language), *flags, "-fPIC", "-shared", str(c_file), "-o", str(so_file), *libraries]
             done = subprocess.run(command, capture_output=True, text=True)

@@ -83,15 +83,16 @@ class AddressTable:
             return False
         if compiled is None:
             return self._holds_reference(params)
-        code = compiled.holds(params, self._params, self._param_addresses.buffer_info()[0], self._dicts, self._state_keys,
-                     self._state_tensors, self._grad_addresses.buffer_info()[0], self._scratch.buffer_info()[0])
+        code = compiled.holds(params, self._params, self._param_addresses.buffer_info()[0], self._dicts,
+                              self._state_keys, self._state_tensors, self._grad_addresses.buffer_info()[0],
+                              self._scratch.buffer_info()[0])
         if code == 2:  # new gradient addresses, written to the scratch array
             self._take(self._scratch)
             self._grad_addresses, self._scratch = self._scratch, self._grad_addresses
         return code != 0
 
     def _holds_reference(self, params: list[Tensor]) -> bool:
-        """:meth:`holds`'s per-tensor checks in Python (what ``host_check.c`` does)."""
+        """:meth:`holds`'s per-tensor checks in Python (what ``host_check.cpp`` does)."""
         try:
             return (array("q", map(Tensor.data_ptr, params)) == self._param_addresses
                     and all(map(operator.is_, params, self._params))
