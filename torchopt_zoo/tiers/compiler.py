@@ -32,13 +32,18 @@ def cache_dir(kind: str) -> Path:
     return Path(root) / kind
 
 
+def library_path(kind: str, key: str) -> Path:
+    """Where :func:`build` keeps the library ``key`` of ``kind``."""
+    return cache_dir(kind) / f"{key}.so"
+
+
 def build(src: str, flags: list[str], kind: str, key: str, libraries: tuple[str, ...] = (),
           language: str = "c") -> tuple[Path | None, str]:
     """Compile the source ``src`` (C, or ``language="c++"``) with ``flags``, linking ``libraries``,
     into ``cache_dir(kind)/<key>.so`` (once; atomically, so concurrent processes may race):
     ``(path, "")``, or ``(None, what the compiler said)`` where it fails."""
-    cache = cache_dir(kind)
-    target = cache / f"{key}.so"
+    target = library_path(kind, key)
+    cache = target.parent
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         for stale in cache.glob("tmp*"):  # left by a process that ended while it compiled

@@ -5,9 +5,9 @@
 ``AddressTable._holds_reference`` does in Python: every parameter the same object at the same
 address, its state dict holding the same tensors, and its gradient there, dense, contiguous and of
 its dtype, with the gradients' addresses written to an array (and ``same_items`` the first check of
-``AddressTable._maps_to_dicts``). It reads the tensors' addresses and
-gradients from their C++ objects: reading them through torch's Python attributes costs more per
-tensor (about 0.8 µs on the 2-core test machine) than the whole compiled check.
+``AddressTable._maps_to_dicts``). It reads the tensors' addresses and gradients from their C++
+objects: reading them through torch's Python attributes costs more per tensor (about 0.8 µs on the
+2-core test machine) than the whole compiled check.
 
 It is built with the system's C++ compiler against the installed torch's headers (about 20 s,
 once per machine and torch version; kept in ``$TORCHOPT_ZOO_CACHE/host``, ``tiers/compiler.py``).
@@ -55,17 +55,14 @@ def _recipe():
 
 
 def _load(target: Path):
-    spec = importlib.util.spec_from_file_location("_zoo_host", target)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _load_or_none(target: Path):
+    """The extension at ``target``, or None where it does not load (then the Python reference)."""
     try:
-        return _load(target)
+        spec = importlib.util.spec_from_file_location("_zoo_host", target)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     except Exception:  # noqa: BLE001 (a library that does not load leaves the Python reference)
         return None
+    return module
 
 
 def _background(recipe) -> None:
@@ -74,7 +71,7 @@ def _background(recipe) -> None:
         target, _ = compiler.build(src, flags, "host", key, libraries, language="c++")
     except OSError:
         target = None
-    _BUILD["module"] = None if target is None else _load_or_none(target)
+    _BUILD["module"] = None if target is None else _load(target)
 
 
 def checker(wait: bool = False):
@@ -86,13 +83,13 @@ def checker(wait: bool = False):
         with _LOCK:
             if "module" not in _BUILD and "thread" not in _BUILD:
                 recipe = _recipe() if compiler.available("c++") else None
-                built = None if recipe is None else compiler.cache_dir("host") / f"{recipe[3]}.so"
+                built = None if recipe is None else compiler.library_path("host", recipe[3])
                 if built is not None and not built.exists():
                     _BUILD["thread"] = threading.Thread(target=_background, args=(recipe,), daemon=True,
                                                         name="torchopt_zoo: building the host check")
                     _BUILD["thread"].start()
                 else:  # built before (load it now), or not buildable here
-                    _BUILD["module"] = None if built is None else _load_or_none(built)
+                    _BUILD["module"] = None if built is None else _load(built)
         if wait and "thread" in _BUILD:
             _BUILD["thread"].join()
     return _BUILD.get("module")
