@@ -17,6 +17,7 @@
 // the gradients' addresses (all written to scratch) changed.
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <cstdint>
 #include <exception>
@@ -39,29 +40,45 @@ int holds_one(PyObject *p, int64_t param_address, int64_t grad_address, int64_t 
     return *scratch == grad_address ? 1 : 2;
 }
 
-// Hints only (a prefetch never faults): the objects the check of parameter i + 16 reads first, and
-// the next objects in the chains of i + 8 and i + 4, so their cache misses overlap the current
-// parameter's work instead of following it (the check's time is mostly such misses)
+// Hints only (a prefetch never faults). The check of a parameter follows a chain of objects: the
+// Python object and its state dict, the TensorImpl and the dict's keys, the AutogradMeta and the
+// StorageImpl, the gradient's TensorImpl, the gradient's StorageImpl. Each stage of this pipeline
+// prefetches one link for the parameter AHEAD * (stages left) ahead, reading the link before it,
+// which the previous stage prefetched AHEAD parameters earlier: the cache misses of many parameters
+// overlap instead of following each other (the check's time is mostly such misses).
+constexpr Py_ssize_t AHEAD = 4;
+
 void prefetch_ahead(PyObject *params, PyObject *dicts, Py_ssize_t i, Py_ssize_t n) noexcept
 {
-    if (i + 16 < n) {
-        __builtin_prefetch(PyList_GET_ITEM(params, i + 16));
-        __builtin_prefetch(PyList_GET_ITEM(dicts, i + 16));
-    }
+    auto impl_at = [&](Py_ssize_t j) -> c10::TensorImpl * {
+        PyObject *p = j < n ? PyList_GET_ITEM(params, j) : nullptr;
+        return p != nullptr && THPVariable_CheckExact(p) ? THPVariable_Unpack(p).unsafeGetTensorImpl() : nullptr;
+    };
+    auto grad_at = [&](Py_ssize_t j) -> c10::TensorImpl * {
+        c10::TensorImpl *impl = impl_at(j);
+        auto *meta = impl == nullptr ? nullptr : static_cast<torch::autograd::AutogradMeta *>(impl->autograd_meta());
+        return meta == nullptr ? nullptr : meta->grad_.unsafeGetTensorImpl();
+    };
+    auto storage_of = [](c10::TensorImpl *impl) {
+        if (impl != nullptr && impl->has_storage())
+            __builtin_prefetch(impl->storage().unsafeGetStorageImpl());
+    };
     try {
-        if (i + 8 < n) {
-            if (THPVariable_CheckExact(PyList_GET_ITEM(params, i + 8)))
-                __builtin_prefetch(THPVariable_Unpack(PyList_GET_ITEM(params, i + 8)).unsafeGetTensorImpl());
-            PyObject *state = PyList_GET_ITEM(dicts, i + 8);
-            if (PyDict_Check(state))
-                __builtin_prefetch(reinterpret_cast<PyDictObject *>(state)->ma_keys);
+        if (i + 5 * AHEAD < n) {
+            __builtin_prefetch(PyList_GET_ITEM(params, i + 5 * AHEAD));
+            __builtin_prefetch(PyList_GET_ITEM(dicts, i + 5 * AHEAD));
         }
-        if (i + 4 < n && THPVariable_CheckExact(PyList_GET_ITEM(params, i + 4))) {
-            c10::TensorImpl *impl = THPVariable_Unpack(PyList_GET_ITEM(params, i + 4)).unsafeGetTensorImpl();
+        if (c10::TensorImpl *impl = impl_at(i + 4 * AHEAD))
+            __builtin_prefetch(impl);
+        if (i + 4 * AHEAD < n && PyDict_Check(PyList_GET_ITEM(dicts, i + 4 * AHEAD)))
+            __builtin_prefetch(reinterpret_cast<PyDictObject *>(PyList_GET_ITEM(dicts, i + 4 * AHEAD))->ma_keys);
+        if (c10::TensorImpl *impl = impl_at(i + 3 * AHEAD)) {
             __builtin_prefetch(impl->autograd_meta());
-            if (impl->has_storage())
-                __builtin_prefetch(impl->storage().unsafeGetStorageImpl());
+            storage_of(impl);
         }
+        if (c10::TensorImpl *grad = grad_at(i + 2 * AHEAD))
+            __builtin_prefetch(grad);
+        storage_of(grad_at(i + AHEAD));
     } catch (...) {
     }
 }
