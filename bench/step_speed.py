@@ -214,7 +214,9 @@ def host_cost_per_tensor(count=3200, numel=320, repeats=20, scattered=False):
     from torchopt_zoo.tiers import table as _table
     from torchopt_zoo.tiers import triton as _triton
 
-    holes = [torch.empty(int(n)) for n in torch.randint(1, 64, (200_000 if scattered else 0,))][::2]
+    # kept until the timing ends: every other one of 200,000 small tensors, whose freed neighbours
+    # are the holes the tensors below are made in
+    spacers = [torch.empty(int(n)) for n in torch.randint(1, 64, (200_000 if scattered else 0,))][::2]
     params = [torch.nn.Parameter(torch.randn(numel)) for _ in range(count)]
     opt = zoo.Adam(params, foreach=True)
     for p in params:
@@ -257,7 +259,7 @@ def host_cost_per_tensor(count=3200, numel=320, repeats=20, scattered=False):
             timed("rebuild", lambda: _table.TableBucket.build(opt.rule, params, states).load(grads))
     finally:
         host.checker = original
-    del holes
+    del spacers
     return {row: statistics.median(t) / count for row, t in times.items()}
 
 
