@@ -8,6 +8,7 @@ gradients, against the whole gradient's, and AdAdaGrad(-Norm) runs; and distribu
 model's optimizers. Rank 0 saves
 ``{case: (max |diff|, resumed bitwise or None where not checkpointed)}``."""
 
+import os
 import sys
 
 import torch
@@ -240,3 +241,5 @@ for case, (make, run) in DDP_CASES.items():
 if rank == 0:
     torch.save(results, out)
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # see ddp_worker.py: gloo's threads may abort at interpreter exit
